@@ -1,0 +1,179 @@
+"""params.yaml as typed, validated objects.
+
+Every stage loads the whole file through `load_params`, so a typo anywhere (an unknown key, a
+wrong type, an impossible value) stops the pipeline at once with one line per problem naming
+the key and what was expected, instead of silently becoming a new parameter.
+Defaults live in params.yaml, not here: every field is required.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stages.cli import PipelineError
+
+DatasetName = Literal["brats2020", "tumor_coco"]
+ModelName = Literal["unet", "resunet"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BratsH5Params(Section):
+    kaggle_handle: str
+    image_channels: Annotated[list[str], Field(min_length=1)]
+    mask_channels: Annotated[list[str], Field(min_length=1)]
+
+
+class TumorCocoParams(Section):
+    kaggle_handle: str
+
+
+class SampleParams(Section):
+    seed: int
+    brats_cases: Annotated[int, Field(ge=3)]
+    brats_slices_per_case: PositiveInt
+    coco_images: dict[Literal["train", "valid", "test"], PositiveInt]
+
+
+class DataParams(Section):
+    source: Literal["sample", "kaggle"]
+    datasets: Annotated[list[DatasetName], Field(min_length=1)]
+    brats2020: BratsH5Params
+    tumor_coco: TumorCocoParams
+    sample: SampleParams
+
+
+class SplitParams(Section):
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+
+class PreprocessParams(Section):
+    size: Annotated[int, Field(ge=16, le=1024)]
+    seed: int
+    split: SplitParams
+
+
+class TrainParams(Section):
+    models: Annotated[list[ModelName], Field(min_length=1)]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
+    base_channels: Annotated[int, Field(ge=4, le=256)]
+    depth: Annotated[int, Field(ge=1, le=6)]
+    dice_weight: Annotated[float, Field(ge=0.0, le=1.0)]
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    num_threads: Annotated[int, Field(ge=0)]
+
+
+class EvaluateParams(Section):
+    threshold: Fraction
+
+
+class ReportParams(Section):
+    worst_k: Annotated[int, Field(ge=1, le=24)]
+    display_channel: str
+
+
+class Params(Section):
+    data: DataParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    report: ReportParams
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise PipelineError with one line per problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML ({_one_line(error)})") from None
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping (see `load_params`)."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        lines = [f"{source}: {_describe(e)}" for e in error.errors()]
+        raise PipelineError("\n".join(lines)) from None
+    _check_consistency(params, source)
+    return params
+
+
+def _check_consistency(params: Params, source: str) -> None:
+    split = params.preprocess.split
+    total = split.train + split.val + split.test
+    if abs(total - 1.0) > 1e-6:
+        raise PipelineError(
+            f"{source}: preprocess.split: train + val + test must sum to 1, got {total:g}"
+        )
+    pool = 2 ** params.train.depth
+    if params.preprocess.size % pool:
+        raise PipelineError(
+            f"{source}: train.depth: {params.train.depth} halvings need preprocess.size divisible "
+            f"by {pool}, got {params.preprocess.size}; pick size {params.preprocess.size // pool * pool or pool}"
+        )
+    if len(set(params.data.datasets)) != len(params.data.datasets):
+        raise PipelineError(f"{source}: data.datasets: a dataset is listed twice")
+    if len(set(params.train.models)) != len(params.train.models):
+        raise PipelineError(f"{source}: train.models: a model is listed twice")
+    if params.report.display_channel not in _all_channels(params):
+        raise PipelineError(
+            f"{source}: report.display_channel: expected one of {sorted(_all_channels(params))}, "
+            f"got {params.report.display_channel!r}"
+        )
+
+
+def _all_channels(params: Params) -> set[str]:
+    return set(params.data.brats2020.image_channels) | {"grey"}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as `key.path: what was expected (got ...)`."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(error["loc"][:-1])
+        known = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{key}: unknown key; {hint}expected one of: {', '.join(known)}"
+    if kind == "missing":
+        return f"{key}: missing; add it to params.yaml"
+    return f"{key}: {error['msg'].lower()} (got {error.get('input')!r})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that sits at `loc` inside Params, for listing its valid keys."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
