@@ -1,0 +1,44 @@
+"""Stage `download`: data/raw/<dataset>/ in the archive's own layout, from Kaggle or the sample generator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from stages.cli import PipelineError, run_stage, stage_arguments
+from stages.config import load_params
+from stages.datasets import kaggle, sample
+from stages.fileio import atomic_dir
+
+log = logging.getLogger("stages.download")
+
+
+def main(argv: Sequence[str]) -> None:
+    args = stage_arguments(__doc__).parse_args(argv)
+    params = load_params(args.params)
+    data = params.data
+    if args.dataset not in data.datasets:
+        raise PipelineError(f"--dataset {args.dataset}: not in params.yaml data.datasets {data.datasets}")
+    destination = Path("data/raw") / args.dataset
+    # Everything is built in a sibling temp folder and renamed at the end: a failed or
+    # interrupted download leaves no data/raw/<dataset> that a later run would trust.
+    if data.source == "kaggle":
+        handle = getattr(data, args.dataset).kaggle_handle
+        cached = kaggle.download(handle)
+        with atomic_dir(destination) as partial:
+            kaggle.place(cached, partial)
+        log.info("%s: Kaggle %s placed in %s", args.dataset, handle, destination)
+        return
+    with atomic_dir(destination) as partial:
+        if args.dataset == "brats2020":
+            sample.write_brats_h5(partial, cases=data.sample.brats_cases, slices_per_case=data.sample.brats_slices_per_case,
+                                  image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels,
+                                  seed=data.sample.seed)
+        else:
+            sample.write_tumor_coco(partial, images_per_split=data.sample.coco_images, seed=data.sample.seed)
+    log.info("%s: synthetic sample written to %s", args.dataset, destination)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,35 @@
+"""Segmentation models by name: `create_model("unet", in_channels=4)`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from stages.models.unet import ResUNet, UNet
+
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resunet": ResUNet}
+
+
+def create_model(name: str, *, in_channels: int, base_channels: int = 16, depth: int = 3) -> nn.Module:
+    """Build a registered model; an unknown name is an error listing the valid ones."""
+    try:
+        model_class = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model '{name}'; expected one of {sorted(MODELS)}") from None
+    return model_class(in_channels=in_channels, base_channels=base_channels, depth=depth)
+
+
+def load_checkpoint(path) -> tuple[nn.Module, dict]:
+    """Model (eval mode, on CPU) and the checkpoint dict written by the train stage."""
+    import torch
+
+    from stages.cli import PipelineError
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = create_model(checkpoint["model"], **checkpoint["model_args"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run the train stage first") from None
+    except (KeyError, RuntimeError, ValueError, OSError) as error:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline ({' '.join(str(error).split())[:200]})") from None
+    return model.eval(), checkpoint
