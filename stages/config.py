@@ -9,6 +9,7 @@ Defaults live in params.yaml, not here: every field is required.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,11 +96,22 @@ class Params(Section):
     report: ReportParams
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1 and reads `1e-3` as a string; read it as the float a user means."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise PipelineError with one line per problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
     except yaml.YAMLError as error:

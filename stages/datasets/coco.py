@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.path import Path as MplPath
 
 from stages.cli import PipelineError
 
@@ -80,15 +81,24 @@ def read_image(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:
 def rasterize(polygons: tuple[tuple[float, ...], ...], height: int, width: int) -> np.ndarray:
     """Union of filled polygons [x1, y1, x2, y2, ...] as a uint8 (H, W) 0/1 mask.
 
-    Vertices are pixel-edge coordinates, so a rectangle [x0, y0, x1, y1] covers pixels
-    x0 <= x < x1 (like its COCO bbox); we fill at 1/16-pixel precision to get that right.
+    Vertices are pixel-edge coordinates (COCO's convention), so a pixel is inside when its
+    centre is (half-open: x0 <= centre < x1): the rectangle from (x0, y0) to (x1, y1) with integer
+    corners covers pixels x0 <= x < x1, exactly its COCO bbox.
     """
-    mask = np.zeros((height, width), np.uint8)
-    shift = 4
+    mask = np.zeros((height, width), bool)
     for polygon in polygons:
         if len(polygon) < 6 or len(polygon) % 2:
             continue  # not a polygon (fewer than 3 vertices); COCO exports carry such debris
-        # shift by half a pixel: fillPoly treats coordinates as pixel centres
-        points = np.round((np.asarray(polygon, np.float64).reshape(-1, 2) - 0.5) * (1 << shift)).astype(np.int32)
-        cv2.fillPoly(mask, [points], 1, lineType=cv2.LINE_8, shift=shift)
-    return mask
+        vertices = np.asarray(polygon, np.float64).reshape(-1, 2)
+        # test only the pixel centres inside the polygon's bounding box
+        x0, y0 = np.clip(np.floor(vertices.min(0)).astype(int), 0, [width, height])
+        x1, y1 = np.clip(np.ceil(vertices.max(0)).astype(int), 0, [width, height])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        # a hair past the centre: a centre exactly on an edge is then inside at the left/top edge and
+        # outside at the right/bottom one, the half-open rule that tiles neighbouring polygons
+        centres = np.column_stack([xx.ravel(), yy.ravel()]) + (0.5 + 1e-6)
+        inside = MplPath(vertices).contains_points(centres).reshape(yy.shape)
+        mask[y0:y1, x0:x1] |= inside
+    return mask.astype(np.uint8)

@@ -16,7 +16,7 @@ from pathlib import Path
 from stages.cli import PipelineError
 
 HANDLE = re.compile(r"[\w.-]+/[\w.-]+/versions/\d+")
-CREDENTIALS_HINT = ("set KAGGLE_USERNAME and KAGGLE_KEY (or put kaggle.json in ~/.kaggle/) "
+CREDENTIALS_HINT = ("set KAGGLE_USERNAME and KAGGLE_KEY or create ~/.kaggle/kaggle.json "
                     "and check the network, or use data.source=sample")
 
 

@@ -26,10 +26,13 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict):
+            raise TypeError(f"holds a {type(checkpoint).__name__}, expected a dict")
         model = create_model(checkpoint["model"], **checkpoint["model_args"])
         model.load_state_dict(checkpoint["state_dict"])
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run the train stage first") from None
-    except (KeyError, RuntimeError, ValueError, OSError) as error:
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline ({' '.join(str(error).split())[:200]})") from None
+    except Exception as error:  # torch.load raises many types (EOF, unpickling, zip) for a damaged file
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline ({reason}); re-run the train stage") from None
     return model.eval(), checkpoint

@@ -1,0 +1,63 @@
+"""Shared fixtures: repository paths, the real-data excerpts, tiny params, CUDA skipping."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# Real excerpts live beside the checkout (never copied into the repo); override with BTS_REALDATA.
+REALDATA = Path(os.environ.get("BTS_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def restore_rng_state():
+    """Tests that seed or draw random numbers do not change what later tests see."""
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+
+
+@pytest.fixture
+def realdata_coco() -> Path:
+    path = REALDATA / "tumor_coco_sample"
+    if not path.is_dir():
+        pytest.skip(f"real COCO excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
+    return path
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+
+def tiny_params() -> dict:
+    """The repository's params shrunk so a whole pipeline runs in about a minute on 2 CPU cores."""
+    params = copy.deepcopy(default_params())
+    params["data"]["sample"].update(brats_cases=6, brats_slices_per_case=4, coco_images={"train": 6, "valid": 3, "test": 3})
+    params["preprocess"]["size"] = 32
+    params["train"].update(epochs=2, base_channels=4, depth=2, batch_size=8)
+    params["report"]["worst_k"] = 2
+    return params
+
+
+@pytest.fixture
+def params_dict() -> dict:
+    return tiny_params()

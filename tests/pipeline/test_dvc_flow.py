@@ -1,0 +1,86 @@
+"""The user's DVC flow in a temporary git repo: repro, an experiment with --set-param, metrics diff."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sh(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the pipeline (code, dvc.yaml, DVC config) with tiny params, committed after `dvc repro`."""
+    from tests.conftest import tiny_params
+
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh(root, "git", "init", "-q")
+    sh(root, "dvc", "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "baseline")
+    return root
+
+
+def metrics_diff(project: Path) -> dict:
+    return json.loads(sh(project, "dvc", "metrics", "diff", "--json").stdout or "{}")
+
+
+def test_repro_writes_metrics_for_every_dataset_and_model(project):
+    for dataset in ("brats2020", "tumor_coco"):
+        for model in ("unet", "resunet"):
+            metrics = json.loads((project / "metrics" / dataset / f"{model}.json").read_text())
+            for group in ("per_case", "per_slice", "pooled"):
+                assert set(metrics[group]) == {"dice", "iou", "precision", "recall"}
+                assert all(0.0 <= v <= 1.0 for v in metrics[group].values())
+            assert (project / "reports" / dataset / model / "worst_cases.png").stat().st_size > 10_000
+    assert "up to date" in sh(project, "dvc", "status").stdout.lower() or sh(project, "dvc", "status").stdout.strip() == ""
+
+
+def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
+    assert metrics_diff(project) == {}  # nothing changed yet
+    sh(project, "dvc", "exp", "run", "--set-param", "train.epochs=4")
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 4
+    diff = metrics_diff(project)
+    changed = {(path, key) for path, entries in diff.items() for key, entry in entries.items()
+               if entry.get("diff") not in (None, 0)}
+    # a model whose best validation epoch stays within the first two may score the same; most change
+    assert len({path for path, _ in changed}) >= 2, diff
+    assert any(key == "per_case.dice" for _, key in changed), diff
+    shown = sh(project, "dvc", "exp", "show", "--json").stdout
+    assert "train.epochs" in shown or '"epochs": 4' in shown
+    sh(project, "git", "checkout", "-q", "--", ".")
+    sh(project, "dvc", "checkout", "-q")
+
+
+def test_mistyped_set_param_is_refused(project):
+    # DVC itself refuses a key that does not exist ...
+    result = sh(project, "dvc", "exp", "run", "--set-param", "train.epochz=3", check=False)
+    assert result.returncode != 0
+    # ... and a key forced in with '+' is stopped by our validation, naming it
+    result = sh(project, "dvc", "exp", "run", "--set-param", "+train.epochz=3", check=False)
+    assert result.returncode != 0
+    assert "train.epochz: unknown key; did you mean 'epochs'?" in result.stdout + result.stderr
+    sh(project, "git", "checkout", "-q", "--", "params.yaml")

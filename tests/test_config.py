@@ -1,0 +1,219 @@
+"""stages.config: the repository's params.yaml loads; every kind of mistake is one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from stages.cli import PipelineError
+from stages.config import Params, load_params, parse_params
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+RAW = yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8"))
+
+
+def test_repository_params_yaml_loads():
+    params = load_params(PARAMS_YAML)
+    assert isinstance(params, Params)
+    # invariants only: `dvc exp run --set-param` edits this file, so its values may change
+    assert set(params.data.datasets) <= {"brats2020", "tumor_coco"}
+    assert set(params.train.models) <= {"unet", "resunet"}
+    assert params.preprocess.size % 2**params.train.depth == 0
+    split = params.preprocess.split
+    assert split.train + split.val + split.test == pytest.approx(1.0)
+    assert params.report.display_channel in [*params.data.brats2020.image_channels, "grey"]
+    assert isinstance(params.train.learning_rate, float)
+
+
+def test_load_params_accepts_str_path():
+    assert load_params(str(PARAMS_YAML)) == parse_params(copy.deepcopy(RAW))
+
+
+def test_params_are_frozen():
+    params = parse_params(copy.deepcopy(RAW))
+    with pytest.raises(pydantic.ValidationError):
+        params.train.epochs = 3
+
+
+def mutated(change) -> dict:
+    raw = copy.deepcopy(RAW)
+    change(raw)
+    return raw
+
+
+def setting(section: str, key: str, value):
+    """A change that sets section.key (section may be dotted: 'preprocess.split')."""
+    def change(raw):
+        target = raw
+        for part in section.split("."):
+            target = target[part]
+        target[key] = value
+    return change
+
+
+def removing(section: str, key: str):
+    def change(raw):
+        target = raw
+        for part in section.split("."):
+            target = target[part]
+        del target[key]
+    return change
+
+
+# (change, fragments the one-line message must contain)
+BAD_PARAMS = {
+    "unknown key": (
+        setting("train", "epochz", 10),
+        ["train.epochz: unknown key", "did you mean 'epochs'?", "expected one of:", "learning_rate"],
+    ),
+    "unknown key, no close match": (
+        setting("evaluate", "colour", "red"),
+        ["evaluate.colour: unknown key; expected one of: threshold"],
+    ),
+    "unknown section": (
+        lambda raw: raw.__setitem__("trian", {}),
+        ["trian: unknown key", "did you mean 'train'?"],
+    ),
+    "string for int": (setting("train", "epochs", "ten"), ["train.epochs:", "valid integer", "'ten'"]),
+    "float for int": (setting("train", "epochs", 2.5), ["train.epochs:", "valid integer", "2.5"]),
+    "bool for int": (setting("train", "batch_size", True), ["train.batch_size:", "valid integer", "True"]),
+    "string for float": (setting("train", "learning_rate", "2e-3"), ["train.learning_rate:", "valid number", "'2e-3'"]),
+    "zero epochs": (setting("train", "epochs", 0), ["train.epochs:", "greater than or equal to 1", "0"]),
+    "negative learning rate": (setting("train", "learning_rate", -1), ["train.learning_rate:", "greater than 0", "-1"]),
+    "dice weight above 1": (setting("train", "dice_weight", 1.5), ["train.dice_weight:", "less than or equal to 1"]),
+    "threshold of 1": (setting("evaluate", "threshold", 1.0), ["evaluate.threshold:", "less than 1"]),
+    "unknown device": (setting("train", "device", "tpu"), ["train.device:", "'tpu'"]),
+    "size not divisible by 2**depth": (
+        lambda raw: (raw["preprocess"].__setitem__("size", 100), raw["train"].__setitem__("depth", 3)),
+        ["train.depth: 3 halvings", "preprocess.size divisible by 8", "got 100", "pick size 96"],
+    ),
+    "size too small for depth": (
+        lambda raw: (raw["preprocess"].__setitem__("size", 16), raw["train"].__setitem__("depth", 6)),
+        ["divisible by 64", "got 16", "pick size 64"],
+    ),
+    "split sums above 1": (
+        setting("preprocess", "split", {"train": 0.8, "val": 0.15, "test": 0.15}),
+        ["preprocess.split: train + val + test must sum to 1, got 1.1"],
+    ),
+    "split sums below 1": (
+        setting("preprocess", "split", {"train": 0.7, "val": 0.15, "test": 0.05}),
+        ["preprocess.split: train + val + test must sum to 1, got 0.9"],
+    ),
+    "split fraction of 1": (setting("preprocess.split", "train", 1.0), ["preprocess.split.train:", "less than 1"]),
+    "unknown dataset": (
+        setting("data", "datasets", ["brats2020", "brats2021"]),
+        ["data.datasets.1:", "'brats2020' or 'tumor_coco'", "'brats2021'"],
+    ),
+    "no dataset": (setting("data", "datasets", []), ["data.datasets:", "at least 1"]),
+    "duplicate dataset": (
+        setting("data", "datasets", ["brats2020", "tumor_coco", "brats2020"]),
+        ["data.datasets: a dataset is listed twice"],
+    ),
+    "unknown model": (
+        setting("train", "models", ["unet", "vnet"]),
+        ["train.models.1:", "'unet' or 'resunet'", "'vnet'"],
+    ),
+    "duplicate model": (setting("train", "models", ["unet", "unet"]), ["train.models: a model is listed twice"]),
+    "display channel not a channel": (
+        lambda raw: (
+            raw["data"]["brats2020"].__setitem__("image_channels", ["flair", "t1", "t1ce", "t2"]),
+            raw["report"].__setitem__("display_channel", "t5"),
+        ),
+        ["report.display_channel: expected one of ['flair', 'grey', 't1', 't1ce', 't2'], got 't5'"],
+    ),
+    "missing key": (removing("train", "epochs"), ["train.epochs: missing; add it to params.yaml"]),
+    "missing nested key": (removing("preprocess.split", "val"), ["preprocess.split.val: missing"]),
+    "missing section": (removing("evaluate", "threshold"), ["evaluate.threshold: missing"]),
+    "section is not a mapping": (lambda raw: raw.__setitem__("report", 6), ["report:", "(got 6)"]),
+}
+
+
+@pytest.mark.parametrize("change, fragments", BAD_PARAMS.values(), ids=BAD_PARAMS.keys())
+def test_bad_params_raise_one_line_naming_the_key(change, fragments):
+    with pytest.raises(PipelineError) as error:
+        parse_params(mutated(change), source="params.yaml")
+    message = str(error.value)
+    assert "\n" not in message, message
+    assert message.startswith("params.yaml: ")
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_renamed_key_gives_one_line_per_problem():
+    # renaming epochs -> epochz is two problems: the typo and the now missing key
+    raw = mutated(lambda raw: raw["train"].__setitem__("epochz", raw["train"].pop("epochs")))
+    with pytest.raises(PipelineError) as error:
+        parse_params(raw)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2
+    assert any("train.epochs: missing" in line for line in lines)
+    assert any("train.epochz: unknown key; did you mean 'epochs'?" in line for line in lines)
+
+
+def test_source_names_the_file():
+    with pytest.raises(PipelineError, match=r"^experiments/a\.yaml: train\.epochs:"):
+        parse_params(mutated(setting("train", "epochs", 0)), source="experiments/a.yaml")
+
+
+@pytest.mark.parametrize("raw", [None, [], "train", 3], ids=["empty", "list", "string", "number"])
+def test_top_level_not_a_mapping(raw):
+    with pytest.raises(PipelineError, match="^params.yaml: expected a mapping of sections at the top level$"):
+        parse_params(raw)
+
+
+def test_load_params_reports_mutations_with_the_file_path(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(mutated(setting("train", "epochz", 10))), encoding="utf-8")
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}: train.epochz: unknown key; did you mean 'epochs'?")
+
+
+def test_load_params_round_trips_a_dumped_copy(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(RAW)), encoding="utf-8")
+    assert load_params(path) == load_params(PARAMS_YAML)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["train: [epochs: 3\n", "train:\n  epochs: 3\n   depth: 2\n", "data: {source: sample\n", "\tdata: 1\n"],
+    ids=["unclosed-list", "bad-indent", "unclosed-mapping", "tab-indent"],
+)
+def test_non_yaml_file(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not valid YAML (")
+    assert "\n" not in message
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(PipelineError, match="expected a mapping of sections"):
+        load_params(path)
+
+
+def test_file_not_found(tmp_path):
+    path = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: not found; run from the repository root"
+
+
+@pytest.mark.parametrize("written, expected", [("1e-3", 0.001), ("2.5E-4", 0.00025), ("0.002", 0.002)])
+def test_exponent_notation_in_yaml_reads_as_a_float(tmp_path, written, expected):
+    # PyYAML alone (YAML 1.1) reads 1e-3 as the string '1e-3', which strict validation would reject
+    text = re.sub(r"learning_rate: [^\s#]+", f"learning_rate: {written}", PARAMS_YAML.read_text(encoding="utf-8"))
+    assert f"learning_rate: {written}" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert load_params(path).train.learning_rate == pytest.approx(expected)

@@ -1,0 +1,210 @@
+"""stages.preprocessing: brain z-score, mask resizing, whole tumor, patient-level split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.preprocessing import resize_mask, split_cases, whole_tumor, zscore_over_brain
+
+# --- zscore_over_brain ----------------------------------------------------------------------
+
+
+def test_zscore_hand_computed():
+    # 6x6 image, brain = the inner 4x4 (16 pixels, the least that is normalised).
+    # channel 0 over the brain: 8 pixels of 0 and 8 of 2 -> mean 1, std 1 -> -1 and +1;
+    #   its 0s are brain (channel 1 is non-zero there), so they become -1, not background.
+    # channel 1 over the brain: constant 5 -> std 0 -> 0.
+    image = np.zeros((2, 6, 6), np.float64)
+    image[0, 1:5, 1:5] = np.array([[0, 2, 0, 2]] * 4)
+    image[1, 1:5, 1:5] = 5.0
+    out = zscore_over_brain(image)
+
+    expected = np.zeros((2, 6, 6), np.float32)
+    expected[0, 1:5, 1:5] = np.array([[-1, 1, -1, 1]] * 4)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_zscore_random_image_has_mean_zero_std_one_over_brain():
+    rng = np.random.default_rng(0)
+    brain = np.zeros((32, 32), bool)
+    brain[6:26, 4:30] = True
+    brain[10:14, 10:14] = False  # a hole of background inside
+    scales, offsets = np.array([1.0, 50.0, 0.01, 300.0]), np.array([0.0, 1000.0, 5.0, -2.0])
+    image = ((rng.normal(size=(4, 32, 32)) * scales[:, None, None] + offsets[:, None, None]) * brain).astype(np.float32)
+
+    out = zscore_over_brain(image)
+
+    assert out.shape == image.shape and out.dtype == np.float32
+    for channel in out:
+        assert channel[brain].mean() == pytest.approx(0.0, abs=1e-5)
+        assert channel[brain].std() == pytest.approx(1.0, abs=1e-4)
+        assert np.all(channel[~brain] == 0)
+
+
+def test_zscore_integer_image():
+    # BraTS .h5 slices may come as integers; the result is the same as for floats
+    image = np.zeros((1, 5, 5), np.int16)
+    image[0, :4, :4] = np.arange(1, 17).reshape(4, 4)
+    np.testing.assert_allclose(zscore_over_brain(image), zscore_over_brain(image.astype(np.float64)), atol=1e-6)
+
+
+@pytest.mark.parametrize("brain_pixels", [0, 1, 15])
+def test_zscore_near_empty_brain_gives_zeros(brain_pixels):
+    image = np.zeros((2, 8, 8), np.float32)
+    image[0].flat[:brain_pixels] = np.arange(1, brain_pixels + 1)
+    out = zscore_over_brain(image)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.zeros((2, 8, 8), np.float32))
+
+
+def test_zscore_sixteen_brain_pixels_are_normalised():
+    image = np.zeros((1, 8, 8), np.float32)
+    image[0].flat[:16] = [1, 3] * 8  # mean 2, std 1
+    out = zscore_over_brain(image)
+    np.testing.assert_array_equal(out[0].flat[:16], [-1, 1] * 8)
+    assert np.all(out[0].flat[16:] == 0)
+
+
+def test_zscore_constant_channel_becomes_zero():
+    image = np.zeros((3, 6, 6), np.float32)
+    image[:, 1:5, 1:5] = 7.0  # every channel constant over the brain
+    np.testing.assert_array_equal(zscore_over_brain(image), np.zeros((3, 6, 6), np.float32))
+
+
+def test_zscore_does_not_modify_its_input():
+    image = np.zeros((1, 6, 6), np.float32)
+    image[0, 1:5, 1:5] = np.arange(16).reshape(4, 4) + 1
+    before = image.copy()
+    zscore_over_brain(image)
+    np.testing.assert_array_equal(image, before)
+
+
+# --- resize_mask ----------------------------------------------------------------------------
+
+
+def test_resize_mask_half_coverage_rule():
+    # 4x4 -> 2x2: each output pixel is one 2x2 block; tumor if at least 2 of its 4 pixels were.
+    mask = np.array(
+        [
+            [  # blocks: top-left 4/4 -> 1, top-right 2/4 -> 1, bottom-left 1/4 -> 0, bottom-right 3/4 -> 1
+                [1, 1, 1, 0],
+                [1, 1, 1, 0],
+                [0, 0, 1, 1],
+                [1, 0, 0, 1],
+            ],
+            [  # blocks: 0/4 -> 0, 2/4 on a diagonal -> 1, 1/4 -> 0, 4/4 -> 1
+                [0, 0, 1, 0],
+                [0, 0, 0, 1],
+                [0, 0, 1, 1],
+                [0, 1, 1, 1],
+            ],
+        ],
+        dtype=np.uint8,
+    )
+    out = resize_mask(mask, 2)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[[1, 1], [0, 1]], [[0, 1], [0, 1]]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.int64, np.float32])
+def test_resize_mask_accepts_any_binary_dtype(dtype):
+    mask = np.zeros((1, 4, 4), dtype)
+    mask[0, :2, :2] = 1
+    np.testing.assert_array_equal(resize_mask(mask, 2), [[[1, 0], [0, 0]]])
+
+
+def test_resize_mask_same_size_is_identity():
+    mask = (np.random.default_rng(0).random((3, 8, 8)) < 0.4).astype(np.uint8)
+    np.testing.assert_array_equal(resize_mask(mask, 8), mask)
+
+
+def test_resize_mask_upsampling_stays_binary():
+    mask = np.array([[[1, 0], [0, 0]]], np.uint8)
+    out = resize_mask(mask, 4)
+    assert out.shape == (1, 4, 4) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1}
+    assert out[0, 0, 0] == 1 and out[0, 3, 3] == 0
+
+
+# --- whole_tumor ----------------------------------------------------------------------------
+
+
+def test_whole_tumor_is_the_union_of_sub_regions():
+    mask = np.array(
+        [
+            [[1, 0, 0], [0, 0, 0]],  # necrotic core
+            [[1, 1, 0], [0, 0, 0]],  # edema, overlapping the core
+            [[0, 0, 0], [0, 0, 4]],  # enhancing, stored as label 4 in some exports
+        ],
+        dtype=np.uint8,
+    )
+    out = whole_tumor(mask)
+    assert out.shape == (1, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[[1, 1, 0], [0, 0, 1]]])
+
+
+def test_whole_tumor_empty_and_single_channel():
+    np.testing.assert_array_equal(whole_tumor(np.zeros((3, 2, 2))), np.zeros((1, 2, 2), np.uint8))
+    single = np.array([[[0.0, 1.0], [1.0, 0.0]]])
+    np.testing.assert_array_equal(whole_tumor(single), single.astype(np.uint8))
+
+
+# --- split_cases ----------------------------------------------------------------------------
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+CASES = [f"volume_{i}" for i in range(1, 21)]
+
+
+def test_split_cases_counts_for_twenty_cases():
+    assignment = split_cases(CASES, FRACTIONS, seed=7)
+    counts = {name: list(assignment.values()).count(name) for name in FRACTIONS}
+    assert counts == {"train": 14, "val": 3, "test": 3}
+
+
+@pytest.mark.parametrize("seed", [0, 7, 12345])
+def test_split_cases_every_case_in_exactly_one_split(seed):
+    # slice-level ids: each case repeated; a case must never land in two splits
+    case_ids = [case for case in CASES for _ in range(5)]
+    assignment = split_cases(case_ids, FRACTIONS, seed=seed)
+    assert sorted(assignment) == sorted(CASES)
+    assert set(assignment.values()) == set(FRACTIONS)
+
+
+def test_split_cases_deterministic_per_seed():
+    assert split_cases(CASES, FRACTIONS, seed=7) == split_cases(CASES, FRACTIONS, seed=7)
+    assert split_cases(CASES, FRACTIONS, seed=7) != split_cases(CASES, FRACTIONS, seed=8)
+
+
+def test_split_cases_independent_of_input_order():
+    shuffled = list(np.random.default_rng(0).permutation(CASES))
+    assert split_cases(shuffled, FRACTIONS, seed=7) == split_cases(CASES, FRACTIONS, seed=7)
+
+
+@pytest.mark.parametrize(
+    "n_cases, expected",
+    [
+        (3, {"train": 1, "val": 1, "test": 1}),  # 0.45 rounds to 0, raised to the minimum of 1
+        (24, {"train": 16, "val": 4, "test": 4}),  # 3.6 rounds to 4; train takes the rest
+    ],
+)
+def test_split_cases_counts(n_cases, expected):
+    assignment = split_cases([f"c{i}" for i in range(n_cases)], FRACTIONS, seed=0)
+    assert {name: list(assignment.values()).count(name) for name in FRACTIONS} == expected
+
+
+@pytest.mark.parametrize(
+    "case_ids, fractions",
+    [
+        ([], FRACTIONS),
+        (["a"], FRACTIONS),
+        (["a", "b"], FRACTIONS),
+        (["a", "a", "b", "b"], FRACTIONS),  # four slices but two cases
+        (["a", "b", "c", "d"], {"train": 0.2, "val": 0.4, "test": 0.4}),  # val and test leave no train case
+    ],
+    ids=["none", "one", "two", "two-cases-four-slices", "no-train-left"],
+)
+def test_split_cases_too_few_cases_raises(case_ids, fractions):
+    with pytest.raises(ValueError, match=r"cases (cannot fill|are too few)"):
+        split_cases(case_ids, fractions, seed=0)
