@@ -18,7 +18,7 @@ from stages.fileio import atomic_dir, write_json
 from stages.metrics import EMPTY_MASK_CONVENTION, confusion_counts, per_case_table, per_slice_table, summary
 from stages.models import load_checkpoint
 from stages.slices import load_split
-from stages.training import pick_device, predict_probabilities, set_threads
+from stages.inference import pick_device, predict_probabilities, set_threads
 
 log = logging.getLogger("stages.evaluate")
 

@@ -54,7 +54,7 @@ def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int) -> 
     if len(unique) < len(names):
         raise ValueError(f"{len(unique)} cases cannot fill {len(names)} splits {names}")
     order = np.random.default_rng(seed).permutation(len(unique))
-    # round half up (Python's round() would send 1.5 to 2 but 2.5 to 2); val and test get at least one case
+    # round half up (Python's round() rounds half to even, 2.5 -> 2); val and test get at least one case
     counts = [max(1, int(np.floor(fractions[name] * len(unique) + 0.5))) for name in names[1:]]
     counts.insert(0, len(unique) - sum(counts))
     if counts[0] < 1:

@@ -13,7 +13,8 @@ from stages.config import load_params
 from stages.fileio import atomic_dir
 from stages.models import create_model
 from stages.slices import load_split
-from stages.training import fit, pick_device, set_threads
+from stages.inference import pick_device, set_threads
+from stages.training import fit
 
 log = logging.getLogger("stages.train")
 

@@ -1,9 +1,8 @@
-"""The training loop and batched inference, on tensors and memory-mapped slice arrays."""
+"""The training loop, on memory-mapped slice arrays."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,24 +13,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stages.inference import predict_probabilities
 from stages.losses import bce_dice_loss
 from stages.metrics import confusion_counts, per_case_table, per_slice_table
 from stages.slices import SliceSet
 
 log = logging.getLogger("stages.training")
-
-
-def pick_device(requested: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible; set train.device=auto or cpu")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
-
-
-def set_threads(num_threads: int) -> None:
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
 def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -40,17 +27,6 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start:start + batch_size])
         yield torch.from_numpy(images[rows].astype(np.float32)), torch.from_numpy(masks[rows].astype(np.float32))
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Tumor probability per pixel, float32 (N, 1, H, W), for images (N, C, H, W)."""
-    model.eval()
-    out = np.empty((len(images), 1, *images.shape[2:]), np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start:start + batch_size].astype(np.float32)).to(device)
-        out[start:start + len(batch)] = torch.sigmoid(model(batch)).float().cpu().numpy()
-    return out
 
 
 def case_dice(probabilities: np.ndarray, split: SliceSet, threshold: float) -> float:
