@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("dice", "iou", "precision", "recall")
-EMPTY_MASK_CONVENTION = ("ground truth and prediction both empty: all metrics 1; "
-                         "otherwise a zero denominator gives 0")
+# short: it is a column of `dvc metrics show` / `dvc exp show`
+EMPTY_MASK_CONVENTION = "both empty: 1; else x/0: 0"
 
 
 def confusion_counts(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
