@@ -31,6 +31,7 @@ def main(argv: Sequence[str]) -> None:
         raise PipelineError(f"params.yaml: {error}") from None
     set_threads(config.num_threads)
     model_args = {"in_channels": len(train_split.meta["channels"]), "base_channels": config.base_channels, "depth": config.depth}
+    torch.manual_seed(config.seed)  # initial weights too: the same params give the same model
     model = create_model(args.model, **model_args)
     log.info("%s on %s: %d train / %d val slices, device %s", args.model, args.dataset,
              len(train_split.images), len(val_split.images), device)

@@ -50,3 +50,19 @@ def test_train_without_preprocessed_slices_says_what_to_run(project):
     result = run(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
     assert result.returncode == 1
     assert "data/slices/tumor_coco/train/meta.json: missing; run `dvc repro`" in result.stderr
+
+
+def test_train_twice_with_the_same_params_gives_the_same_weights(project):
+    import torch
+
+    for stage in ("stages.download", "stages.preprocess"):
+        assert run(project, stage, "--dataset", "tumor_coco").returncode == 0
+    weights = []
+    for _ in range(2):
+        result = run(project, "stages.train", "--dataset", "tumor_coco", "--model", "resunet")
+        assert result.returncode == 0, result.stderr
+        checkpoint = torch.load(project / "models/tumor_coco/resunet/model.pt", weights_only=True)
+        weights.append(checkpoint["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
