@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 log = logging.getLogger("stages")
 
@@ -20,10 +21,12 @@ class PipelineError(Exception):
 
 def stage_arguments(description: str, *, model: bool = False) -> argparse.ArgumentParser:
     """Parser with the arguments dvc.yaml passes: `--dataset` (and `--model` for per-model stages)."""
+    from stages.config import DatasetName, ModelName  # here: config imports this module
+
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--dataset", required=True, help="dataset name from params.yaml data.datasets")
+    parser.add_argument("--dataset", required=True, choices=get_args(DatasetName), help="dataset name from params.yaml data.datasets")
     if model:
-        parser.add_argument("--model", required=True, help="model name from params.yaml train.models")
+        parser.add_argument("--model", required=True, choices=get_args(ModelName), help="model name from params.yaml train.models")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
 
