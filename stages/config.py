@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.cli import PipelineError
 
-DatasetName = Literal["brats2020", "tumor_coco"]
+DatasetName = Literal["brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"]
 ModelName = Literal["unet", "resunet"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Names = Annotated[list[str], Field(min_length=1)]
+LabelValues = Annotated[dict[str, Annotated[int, Field(ge=1, le=65535)]], Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -31,19 +33,53 @@ class Section(BaseModel):
 
 class BratsH5Params(Section):
     kaggle_handle: str
-    image_channels: Annotated[list[str], Field(min_length=1)]
-    mask_channels: Annotated[list[str], Field(min_length=1)]
+    image_channels: Names  # as stored in the .h5 files, in order
+    mask_channels: Names  # sub-regions as stored, in order
+    input_channels: Names  # subset/order fed to the model
 
 
 class TumorCocoParams(Section):
     kaggle_handle: str
 
 
+class BratsNiftiParams(Section):
+    kaggle_handle: str
+    sequences: Names
+    input_channels: Names
+    labels: LabelValues
+    axis: Literal["axial", "coronal", "sagittal"]
+
+
+class LggParams(Section):
+    kaggle_handle: str
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+class FolderParams(Section):
+    path: str  # the user's folder, used when data.source is not sample
+    images: str
+    masks: str
+    case_pattern: str
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+class SampleSizes(Section):
+    cases: Annotated[int, Field(ge=3)]
+    slices_per_case: PositiveInt
+    size: Annotated[int, Field(ge=16, le=512)]
+
+
 class SampleParams(Section):
     seed: int
-    brats_cases: Annotated[int, Field(ge=3)]
-    brats_slices_per_case: PositiveInt
-    coco_images: dict[Literal["train", "valid", "test"], PositiveInt]
+    brats2020: SampleSizes
+    tumor_coco: dict[Literal["train", "valid", "test"], PositiveInt]
+    brats2020_nifti: SampleSizes
+    lgg: SampleSizes
+    folder: SampleSizes
 
 
 class DataParams(Section):
@@ -51,6 +87,9 @@ class DataParams(Section):
     datasets: Annotated[list[DatasetName], Field(min_length=1)]
     brats2020: BratsH5Params
     tumor_coco: TumorCocoParams
+    brats2020_nifti: BratsNiftiParams
+    lgg: LggParams
+    folder: FolderParams
     sample: SampleParams
 
 
@@ -62,6 +101,20 @@ class SplitParams(Section):
 
 class PreprocessParams(Section):
     size: Annotated[int, Field(ge=16, le=1024)]
+    fit: Literal["resize", "letterbox"]
+    crop_to_brain: bool
+    crop_margin: Annotated[int, Field(ge=0)]
+    normalization: Literal["zscore", "percentile", "minmax"]
+    percentiles: Annotated[list[Annotated[float, Field(ge=0.0, le=100.0)]], Field(min_length=2, max_length=2)]
+    brain_threshold: Annotated[float, Field(ge=0.0, lt=1.0)]
+    target: Literal["whole_tumor", "regions"]
+    regions: Annotated[dict[str, Names], Field(min_length=1)]
+    tumor_free_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    skip_no_brain: bool
+    use_own_split: bool
+    stratify: bool
+    on_bad_file: Literal["error", "skip"]
+    workers: Annotated[int, Field(ge=0)]
     seed: int
     split: SplitParams
 
@@ -149,15 +202,52 @@ def _check_consistency(params: Params, source: str) -> None:
         raise PipelineError(f"{source}: data.datasets: a dataset is listed twice")
     if len(set(params.train.models)) != len(params.train.models):
         raise PipelineError(f"{source}: train.models: a model is listed twice")
-    if params.report.display_channel not in _all_channels(params):
+    for dataset, available in available_channels(params).items():
+        chosen = getattr(params.data, dataset).input_channels if dataset != "tumor_coco" else ["grey"]
+        unknown = [c for c in chosen if c not in available]
+        if unknown or len(set(chosen)) != len(chosen):
+            raise PipelineError(f"{source}: data.{dataset}.input_channels: expected distinct names from "
+                                f"{available}, got {chosen}")
+    low, high = params.preprocess.percentiles
+    if low >= high:
+        raise PipelineError(f"{source}: preprocess.percentiles: the low percentile must be below the high one, got {[low, high]}")
+    if params.preprocess.target == "regions":
+        for dataset in params.data.datasets:
+            labelled = sub_regions(params, dataset)
+            for region, members in params.preprocess.regions.items():
+                missing = [m for m in members if m not in labelled]
+                if missing:
+                    raise PipelineError(
+                        f"{source}: preprocess.regions.{region}: {dataset} labels no {missing} (it labels {labelled}); "
+                        f"use preprocess.target=whole_tumor or drop {dataset} from data.datasets")
+    all_channels = {c for names in available_channels(params).values() for c in names}
+    if params.report.display_channel not in all_channels:
         raise PipelineError(
-            f"{source}: report.display_channel: expected one of {sorted(_all_channels(params))}, "
+            f"{source}: report.display_channel: expected one of {sorted(all_channels)}, "
             f"got {params.report.display_channel!r}"
         )
 
 
-def _all_channels(params: Params) -> set[str]:
-    return set(params.data.brats2020.image_channels) | {"grey"}
+def available_channels(params: Params) -> dict[str, list[str]]:
+    """Image channels each dataset's files hold, by dataset name."""
+    data = params.data
+    return {"brats2020": data.brats2020.image_channels, "tumor_coco": ["grey"],
+            "brats2020_nifti": data.brats2020_nifti.sequences, "lgg": data.lgg.channels, "folder": data.folder.channels}
+
+
+def sub_regions(params: Params, dataset: str) -> list[str]:
+    """Names of the labelled sub-regions of a dataset's masks, in order."""
+    data = params.data
+    return {"brats2020": data.brats2020.mask_channels, "tumor_coco": ["tumor"],
+            "brats2020_nifti": list(data.brats2020_nifti.labels), "lgg": list(data.lgg.labels),
+            "folder": list(data.folder.labels)}[dataset]
+
+
+def targets(params: Params, dataset: str) -> dict[str, list[str]]:
+    """The model's output channels for a dataset: name -> the sub-regions each unites."""
+    if params.preprocess.target == "regions":
+        return {name: list(members) for name, members in params.preprocess.regions.items()}
+    return {"whole_tumor": sub_regions(params, dataset)}
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -23,22 +23,24 @@ def main(argv: Sequence[str]) -> None:
     destination = Path("data/raw") / args.dataset
     # Everything is built in a sibling temp folder and renamed at the end: a failed or
     # interrupted download leaves no data/raw/<dataset> that a later run would trust.
-    if data.source == "kaggle":
-        handle = getattr(data, args.dataset).kaggle_handle
-        cached = kaggle.download(handle)
+    if data.source == "sample":
         with atomic_dir(destination) as partial:
-            kaggle.place(cached, partial)
-        log.info("%s: Kaggle %s placed in %s", args.dataset, handle, destination)
+            sample.write_sample(args.dataset, partial, params)
+        log.info("%s: synthetic sample written to %s", args.dataset, destination)
         return
+    if args.dataset == "folder":  # the user's own images: linked in, never copied
+        own = Path(data.folder.path)
+        if not own.is_dir():
+            raise PipelineError(f"params.yaml: data.folder.path: folder {own} not found")
+        with atomic_dir(destination) as partial:
+            kaggle.place(own, partial, keep_source=True)
+        log.info("folder: %s linked into %s", own, destination)
+        return
+    handle = getattr(data, args.dataset).kaggle_handle
+    cached = kaggle.download(handle)
     with atomic_dir(destination) as partial:
-        if args.dataset == "brats2020":
-            sample.write_brats_h5(partial, cases=data.sample.brats_cases, slices_per_case=data.sample.brats_slices_per_case,
-                                  image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels,
-                                  seed=data.sample.seed)
-        else:
-            sample.write_tumor_coco(partial, images_per_split=data.sample.coco_images, seed=data.sample.seed)
-    log.info("%s: synthetic sample written to %s", args.dataset, destination)
-
+        kaggle.place(cached, partial)
+    log.info("%s: Kaggle %s placed in %s", args.dataset, handle, destination)
 
 if __name__ == "__main__":
     run_stage(main)

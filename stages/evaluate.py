@@ -1,7 +1,7 @@
 """Stage `evaluate`: test-split Dice / IoU / precision / recall into metrics/<dataset>/<model>.json.
 
-Also writes reports/<dataset>/<model>/per_slice.csv, per_case.csv and probabilities.npy
-(float16 (N, 1, H, W), test-split order) for the report stage.
+Also writes reports/<dataset>/<model>/evaluation/per_slice.csv, per_case.csv (a row per slice or
+case and target) and probabilities.npy (float16 (N, K, H, W), test-split order) for the report stage.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
 from stages.fileio import atomic_dir, write_json
-from stages.metrics import EMPTY_MASK_CONVENTION, confusion_counts, per_case_table, per_slice_table, summary
+from stages.metrics import EMPTY_MASK_CONVENTION, evaluate_targets
 from stages.models import load_checkpoint
 from stages.slices import load_split
 from stages.inference import pick_device, predict_probabilities, set_threads
@@ -37,9 +37,8 @@ def main(argv: Sequence[str]) -> None:
     set_threads(params.train.num_threads)
     probabilities = predict_probabilities(model.to(device), test.images, device)
     threshold = params.evaluate.threshold
-    per_slice = per_slice_table(confusion_counts(probabilities > threshold, test.masks), test.index)
-    per_case = per_case_table(per_slice)
-    metrics = {**summary(per_slice, per_case), "threshold": threshold, "empty_mask_convention": EMPTY_MASK_CONVENTION}
+    per_slice, per_case, metrics = evaluate_targets(probabilities > threshold, test.masks, test.index, list(test.meta["targets"]))
+    metrics.update(threshold=threshold, empty_mask_convention=EMPTY_MASK_CONVENTION)
     with atomic_dir(Path("reports") / args.dataset / args.model / "evaluation") as partial:
         per_slice.to_csv(partial / "per_slice.csv", index=False, float_format="%.6f")
         per_case.to_csv(partial / "per_case.csv", index=False, float_format="%.6f")

@@ -24,10 +24,13 @@ def set_threads(num_threads: int) -> None:
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Tumor probability per pixel, float32 (N, 1, H, W), for images (N, C, H, W)."""
+    """Probability per pixel and target, float32 (N, K, H, W), for images (N, C, H, W)."""
     model.eval()
-    out = np.empty((len(images), 1, *images.shape[2:]), np.float32)
+    out = None
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start:start + batch_size].astype(np.float32)).to(device)
-        out[start:start + len(batch)] = torch.sigmoid(model(batch)).float().cpu().numpy()
-    return out
+        probabilities = torch.sigmoid(model(batch)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(images), *probabilities.shape[1:]), np.float32)
+        out[start:start + len(batch)] = probabilities
+    return out if out is not None else np.empty((0, 1, *images.shape[2:]), np.float32)

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image, averaged over the batch.
+    """1 - soft Dice per image and target channel, averaged over both.
 
-    logits, target: (N, 1, H, W); target is 0/1. `smooth` keeps images whose mask is empty
+    logits, target: (N, K, H, W); target is 0/1. `smooth` keeps images whose mask is empty
     defined: predicting all-background on an empty mask gives a loss near 0, not NaN.
     """
-    probs = torch.sigmoid(logits).flatten(1)
-    target = target.flatten(1).to(probs.dtype)
-    intersection = (probs * target).sum(1)
-    dice = (2 * intersection + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+    probs = torch.sigmoid(logits).flatten(2)
+    target = target.flatten(2).to(probs.dtype)
+    intersection = (probs * target).sum(2)
+    dice = (2 * intersection + smooth) / (probs.sum(2) + target.sum(2) + smooth)
     return 1 - dice.mean()
 
 

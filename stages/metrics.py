@@ -83,3 +83,27 @@ def summary(per_slice: pd.DataFrame, per_case: pd.DataFrame) -> dict:
         "cases": int(len(per_case)),
         "slices": int(len(per_slice)),
     }
+
+
+def evaluate_targets(predicted: np.ndarray, truth: np.ndarray, index: pd.DataFrame,
+                     target_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Score every target channel of predicted/truth (N, K, H, W, boolean or 0/1).
+
+    Returns per-slice and per-case tables with a `target` column, and the metrics dict: the
+    per_case / per_slice / pooled means over targets at the top (with one target, its own values),
+    plus `targets: {name: summary}` when there are several.
+    """
+    slices, cases, summaries = [], [], {}
+    for k, name in enumerate(target_names):
+        per_slice = per_slice_table(confusion_counts(predicted[:, k], truth[:, k]), index)
+        per_case = per_case_table(per_slice)
+        summaries[name] = summary(per_slice, per_case)
+        slices.append(per_slice.assign(target=name))
+        cases.append(per_case.assign(target=name))
+    first = summaries[target_names[0]]
+    metrics = {group: {m: float(np.mean([s[group][m] for s in summaries.values()])) for m in METRICS}
+               for group in ("per_case", "per_slice", "pooled")}
+    metrics.update(cases=first["cases"], slices=first["slices"])
+    if len(target_names) > 1:
+        metrics["targets"] = summaries
+    return pd.concat(slices, ignore_index=True), pd.concat(cases, ignore_index=True), metrics

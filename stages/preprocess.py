@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
-from stages.datasets.slicing import SLICERS
+from stages.datasets.slicing import preprocess_dataset
 from stages.fileio import atomic_dir
 
 log = logging.getLogger("stages.preprocess")
@@ -21,7 +21,7 @@ def main(argv: Sequence[str]) -> None:
     if not raw.is_dir():
         raise PipelineError(f"{raw}: missing; run `dvc repro download@{args.dataset}` first")
     with atomic_dir(Path("data/slices") / args.dataset) as partial:
-        counts = SLICERS[args.dataset](raw, partial, params)
+        counts = preprocess_dataset(args.dataset, raw, partial, params)
     log.info("%s: slices per split %s", args.dataset, counts)
 
 

@@ -1,67 +1,149 @@
-"""Pure functions that turn a raw slice into a model input: normalise, resize, binarise, split."""
+"""Pure functions that turn a case read from disk into model input: brain mask, normalisation,
+crop, fit to size, targets, slice selection and the patient-level split.
+
+Arrays: a case's image is float32 (S, C, H, W) (slices, channels, rows, columns); its regions
+are uint8 (S, K, H, W), one 0/1 channel per labelled sub-region.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-NORMALIZATION = "zscore_per_image_channel_over_brain"
+MIN_BRAIN_PIXELS = 16  # fewer brain pixels than this in a slice: treated as a slice without brain
 
 
-def zscore_over_brain(image: np.ndarray) -> np.ndarray:
-    """Z-score each channel of `image` (C, H, W) over the brain; background stays 0.
+def brain_mask(image: np.ndarray, threshold: float) -> np.ndarray:
+    """bool (S, H, W): pixels where any channel exceeds `threshold` x that channel's 99th percentile.
 
-    The brain is where any channel is non-zero (BraTS is skull-stripped, background exactly 0).
-    An image with almost no brain (< 16 pixels) is returned all zero rather than divided by noise.
-    A channel that is constant over the brain becomes 0 there.
+    BraTS is skull-stripped with background exactly 0, so any threshold > 0 finds the brain; for
+    8-bit exports (JPEG, TIFF) a small threshold ignores the near-black, noisy background.
     """
-    brain = np.any(image != 0, axis=0)
+    high = np.percentile(image, 99, axis=(0, 2, 3)).reshape(1, -1, 1, 1)
+    return np.any(image > threshold * np.maximum(high, 1e-6), axis=1)
+
+
+def normalize(image: np.ndarray, brain: np.ndarray, method: str, percentiles: tuple[float, float]) -> np.ndarray:
+    """Normalise each channel over the brain voxels of the whole case; background becomes 0.
+
+    zscore:     (x - mean) / std over the brain (a constant channel becomes 0)
+    percentile: clip to the given brain percentiles, then scale that range to [0, 1]
+    minmax:     scale the brain's [min, max] to [0, 1]
+    A case with fewer than MIN_BRAIN_PIXELS brain voxels is returned all zero.
+    """
     out = np.zeros(image.shape, np.float32)
-    if brain.sum() < 16:
+    if brain.sum() < MIN_BRAIN_PIXELS:
         return out
-    for c, channel in enumerate(image):
-        values = channel[brain]
-        std = values.std()
-        if std > 0:
-            out[c][brain] = (values - values.mean()) / std
+    for c in range(image.shape[1]):
+        channel = image[:, c]
+        values = channel[brain].astype(np.float64)
+        if method == "zscore":
+            low, scale = values.mean(), values.std()
+        elif method == "percentile":
+            low, high = np.percentile(values, percentiles)
+            values = np.clip(values, low, high)
+            scale = high - low
+        elif method == "minmax":
+            low, scale = values.min(), values.max() - values.min()
+        else:
+            raise ValueError(f"unknown normalization '{method}'; expected zscore, percentile or minmax")
+        if scale > 0:
+            out[:, c][brain] = (values - low) / scale
     return out
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(C, H, W) float -> (C, size, size) float32; area interpolation when shrinking avoids aliasing."""
-    interpolation = cv2.INTER_AREA if image.shape[1] >= size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(c.astype(np.float32), (size, size), interpolation=interpolation) for c in image])
+def brain_box(brain: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of the brain's bounding box over all slices, widened by `margin` pixels."""
+    rows, cols = np.flatnonzero(brain.any(axis=(0, 2))), np.flatnonzero(brain.any(axis=(0, 1)))
+    height, width = brain.shape[1:]
+    if not len(rows):
+        return slice(0, height), slice(0, width)
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, height)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, width)))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(K, H, W) 0/1 -> (K, size, size) uint8: a pixel is tumor if at least half its area was."""
-    return (resize_image(mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
+def fit_to_size(planes: np.ndarray, size: int, mode: str, is_mask: bool) -> np.ndarray:
+    """(N, H, W) -> (N, size, size).
+
+    resize:    stretch to size x size
+    letterbox: scale the longer side to `size` keeping the aspect ratio, pad the rest with 0
+    Masks are interpolated as area fractions and kept where at least half the pixel was tumor.
+    """
+    height, width = planes.shape[1:]
+    if mode == "resize":
+        target = (size, size)
+    elif mode == "letterbox":
+        scale = size / max(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    else:
+        raise ValueError(f"unknown fit mode '{mode}'; expected resize or letterbox")
+    shrinking = target[0] <= height and target[1] <= width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(p.astype(np.float32), (target[1], target[0]), interpolation=interpolation) for p in planes])
+    if is_mask:
+        resized = (resized >= 0.5).astype(np.uint8)
+    out = np.zeros((len(planes), size, size), resized.dtype)
+    top, left = (size - target[0]) // 2, (size - target[1]) // 2
+    out[:, top:top + target[0], left:left + target[1]] = resized
+    return out
 
 
-def whole_tumor(mask: np.ndarray) -> np.ndarray:
-    """Sub-region channels (K, H, W) -> binary whole-tumor mask (1, H, W): any label present."""
-    return np.any(mask > 0, axis=0, keepdims=True).astype(np.uint8)
+def build_target(regions: np.ndarray, region_names: tuple[str, ...], outputs: dict[str, list[str]]) -> np.ndarray:
+    """Sub-region masks (S, K, H, W) -> target masks (S, len(outputs), H, W): each output unites its sub-regions."""
+    index = {name: i for i, name in enumerate(region_names)}
+    return np.stack([regions[:, [index[n] for n in members]].any(axis=1) for members in outputs.values()], axis=1).astype(np.uint8)
 
 
-def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
+def select_slices(has_tumor: np.ndarray, brain_pixels: np.ndarray, tumor_free_fraction: float,
+                  skip_no_brain: bool, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the slices to keep: every tumor slice (with brain), and a seeded
+    `tumor_free_fraction` of the tumor-free ones; slices without brain dropped if `skip_no_brain`."""
+    keep = np.ones(len(has_tumor), bool)
+    if skip_no_brain:
+        keep &= brain_pixels >= MIN_BRAIN_PIXELS
+    free = np.flatnonzero(keep & ~has_tumor)
+    if tumor_free_fraction < 1.0 and len(free):
+        dropped = rng.permutation(free)[: len(free) - int(np.floor(tumor_free_fraction * len(free) + 0.5))]
+        keep[dropped] = False
+    return np.flatnonzero(keep)
+
+
+def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
+                strata: dict[str, object] | None = None) -> dict[str, str]:
     """Assign every case (patient) to one split, seeded; returns case_id -> split name.
 
-    Counts are rounded from the fractions with at least one case per split, so a case's slices
-    never land in two splits. Needs at least as many cases as splits.
+    Within each stratum (e.g. cases with and without tumor) counts are rounded half up from the
+    fractions and the cases dealt out, so each split gets its share of every stratum; the first
+    split takes the remainder. With too few cases for every split to get one, ValueError.
     """
     unique = sorted(set(case_ids))
     names = list(fractions)
     if len(unique) < len(names):
         raise ValueError(f"{len(unique)} cases cannot fill {len(names)} splits {names}")
-    order = np.random.default_rng(seed).permutation(len(unique))
-    # round half up (Python's round() rounds half to even, 2.5 -> 2); val and test get at least one case
-    counts = [max(1, int(np.floor(fractions[name] * len(unique) + 0.5))) for name in names[1:]]
-    counts.insert(0, len(unique) - sum(counts))
-    if counts[0] < 1:
+    rng = np.random.default_rng(seed)
+    groups: dict[object, list[str]] = {}
+    for case in unique:
+        groups.setdefault((strata or {}).get(case), []).append(case)
+    assignment: dict[str, str] = {}
+    carry = {name: 0.0 for name in names}  # rounding debt, so small strata do not all round the same way
+    for key in sorted(groups, key=str):
+        members = [groups[key][i] for i in rng.permutation(len(groups[key]))]
+        start = 0
+        for name in names[1:]:
+            wanted = fractions[name] * len(members) + carry[name]
+            count = min(int(np.floor(wanted + 0.5)), len(members) - start)
+            carry[name] = wanted - count
+            for case in members[start:start + count]:
+                assignment[case] = name
+            start += count
+        for case in members[start:]:
+            assignment[case] = names[0]
+    # every split needs at least one case: move one from the largest split where one is empty
+    for name in names:
+        if name not in assignment.values():
+            donor = max(names, key=lambda n: sum(v == n for v in assignment.values()))
+            case = sorted(c for c, v in assignment.items() if v == donor)[0]
+            assignment[case] = name
+    if len(set(assignment.values())) < len(names):
         raise ValueError(f"{len(unique)} cases are too few for split fractions {fractions}")
-    assignment, start = {}, 0
-    for name, count in zip(names, counts):
-        for index in order[start:start + count]:
-            assignment[unique[index]] = name
-        start += count
     return assignment

@@ -29,6 +29,8 @@ def main(argv: Sequence[str]) -> None:
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the evaluate stage first") from None
     test = load_split(Path("data/slices") / args.dataset, "test")
+    target = next(iter(test.meta["targets"]))  # the first target (whole tumor / WT) is the one plotted
+    per_slice = per_slice[per_slice.target == target].reset_index(drop=True)
     if len(per_slice) != len(test.images) or len(probabilities) != len(test.images):
         raise PipelineError(f"{evaluation}: {len(per_slice)} rows for {len(test.images)} test slices; re-run evaluate")
     channels = test.meta["channels"]
@@ -39,7 +41,7 @@ def main(argv: Sequence[str]) -> None:
     titles = [f"case {r.case_id} slice {r.slice_index}\nDice {r.dice:.2f}, tumor {r.truth_pixels} px" for r in worst.itertuples()]
     figure = failure_figure(test.images[rows, channel].astype(np.float32), test.masks[rows, 0],
                             probabilities[rows, 0] > params.evaluate.threshold, titles,
-                            f"{args.dataset} / {args.model}: worst test slices ({channels[channel]})")
+                            f"{args.dataset} / {args.model}: worst test slices, {target} ({channels[channel]})")
     with atomic_file(Path("reports") / args.dataset / args.model / "worst_cases.png") as partial:
         figure.savefig(partial, dpi=110, format="png")
     plt.close(figure)

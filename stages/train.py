@@ -30,7 +30,8 @@ def main(argv: Sequence[str]) -> None:
     except RuntimeError as error:
         raise PipelineError(f"params.yaml: {error}") from None
     set_threads(config.num_threads)
-    model_args = {"in_channels": len(train_split.meta["channels"]), "base_channels": config.base_channels, "depth": config.depth}
+    model_args = {"in_channels": len(train_split.meta["channels"]), "out_channels": len(train_split.meta["targets"]),
+                  "base_channels": config.base_channels, "depth": config.depth}
     torch.manual_seed(config.seed)  # initial weights too: the same params give the same model
     model = create_model(args.model, **model_args)
     log.info("%s on %s: %d train / %d val slices, device %s", args.model, args.dataset,
@@ -46,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
             "best_epoch": result.best_epoch,
             "val_case_dice": result.best_val_dice,
             "train_params": config.model_dump(),
-            "data_meta": {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "target")},
+            "data_meta": {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")},
         }, partial / "model.pt")
         result.history.to_csv(partial / "history.csv", index=False)
     log.info("best epoch %d, val case Dice %.4f", result.best_epoch, result.best_val_dice)

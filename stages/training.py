@@ -30,9 +30,10 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
 
 
 def case_dice(probabilities: np.ndarray, split: SliceSet, threshold: float) -> float:
-    """Mean per-case Dice (cases scored as volumes) at `threshold`."""
-    counts = confusion_counts(probabilities > threshold, split.masks)
-    return float(per_case_table(per_slice_table(counts, split.index))["dice"].mean())
+    """Mean per-case Dice (cases scored as volumes) at `threshold`, averaged over target channels."""
+    predicted = probabilities > threshold
+    return float(np.mean([per_case_table(per_slice_table(confusion_counts(predicted[:, k], split.masks[:, k]), split.index))["dice"].mean()
+                          for k in range(split.masks.shape[1])]))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,12 @@ def default_params() -> dict:
 def tiny_params() -> dict:
     """The repository's params shrunk so a whole pipeline runs in about a minute on 2 CPU cores."""
     params = copy.deepcopy(default_params())
-    params["data"]["sample"].update(brats_cases=6, brats_slices_per_case=4, coco_images={"train": 6, "valid": 3, "test": 3})
+    sample = params["data"]["sample"]
+    sample["brats2020"].update(cases=6, slices_per_case=4, size=48)
+    sample["tumor_coco"] = {"train": 6, "valid": 3, "test": 3}
+    for dataset in ("brats2020_nifti", "lgg", "folder"):
+        sample[dataset].update(cases=6, slices_per_case=4, size=32)
+    params["data"]["datasets"] = ["brats2020", "tumor_coco"]  # the DVC-flow test trains on these two
     params["preprocess"]["size"] = 32
     params["train"].update(epochs=2, base_channels=4, depth=2, batch_size=8)
     params["report"]["worst_k"] = 2

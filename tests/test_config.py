@@ -21,7 +21,7 @@ def test_repository_params_yaml_loads():
     params = load_params(PARAMS_YAML)
     assert isinstance(params, Params)
     # invariants only: `dvc exp run --set-param` edits this file, so its values may change
-    assert set(params.data.datasets) <= {"brats2020", "tumor_coco"}
+    assert set(params.data.datasets) <= {"brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"}
     assert set(params.train.models) <= {"unet", "resunet"}
     assert params.preprocess.size % 2**params.train.depth == 0
     split = params.preprocess.split
@@ -107,7 +107,7 @@ BAD_PARAMS = {
     "split fraction of 1": (setting("preprocess.split", "train", 1.0), ["preprocess.split.train:", "less than 1"]),
     "unknown dataset": (
         setting("data", "datasets", ["brats2020", "brats2021"]),
-        ["data.datasets.1:", "'brats2020' or 'tumor_coco'", "'brats2021'"],
+        ["data.datasets.1:", "'brats2020', 'tumor_coco', 'brats2020_nifti', 'lgg' or 'folder'", "'brats2021'"],
     ),
     "no dataset": (setting("data", "datasets", []), ["data.datasets:", "at least 1"]),
     "duplicate dataset": (
@@ -124,7 +124,7 @@ BAD_PARAMS = {
             raw["data"]["brats2020"].__setitem__("image_channels", ["flair", "t1", "t1ce", "t2"]),
             raw["report"].__setitem__("display_channel", "t5"),
         ),
-        ["report.display_channel: expected one of ['flair', 'grey', 't1', 't1ce', 't2'], got 't5'"],
+        ["report.display_channel: expected one of ['flair', 'grey', 'post_contrast', 'pre_contrast', 't1', 't1ce', 't2'], got 't5'"],
     ),
     "missing key": (removing("train", "epochs"), ["train.epochs: missing; add it to params.yaml"]),
     "missing nested key": (removing("preprocess.split", "val"), ["preprocess.split.val: missing"]),
@@ -217,3 +217,21 @@ def test_exponent_notation_in_yaml_reads_as_a_float(tmp_path, written, expected)
     path = tmp_path / "params.yaml"
     path.write_text(text, encoding="utf-8")
     assert load_params(path).train.learning_rate == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (setting("data.lgg", "input_channels", ["flair", "t2"]), "data.lgg.input_channels: expected distinct names from"),
+    (setting("data.brats2020", "input_channels", ["flair", "flair"]), "data.brats2020.input_channels: expected distinct"),
+    (setting("preprocess", "percentiles", [99.0, 1.0]), "preprocess.percentiles: the low percentile must be below"),
+    (setting("preprocess", "target", "regions"), "preprocess.regions.WT: tumor_coco labels no"),
+])
+def test_options_that_cannot_work_together_name_the_key(change, fragment):
+    with pytest.raises(PipelineError) as error:
+        parse_params(mutated(change))
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_regions_target_is_valid_for_brats_datasets_only():
+    raw = mutated(setting("preprocess", "target", "regions"))
+    raw["data"]["datasets"] = ["brats2020", "brats2020_nifti"]
+    assert parse_params(raw).preprocess.target == "regions"

@@ -1,11 +1,28 @@
-"""stages.preprocessing: brain z-score, mask resizing, whole tumor, patient-level split."""
+"""stages.preprocessing: normalisation, fitting to size, targets, slice selection, patient-level split."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stages.preprocessing import resize_mask, split_cases, whole_tumor, zscore_over_brain
+from stages.preprocessing import (brain_box, brain_mask, build_target, fit_to_size, normalize, select_slices,
+                                  split_cases)
+
+
+# One-slice views of the case-level functions, for the hand-computed single-image cases below.
+def zscore_over_brain(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> z-scored over the pixels where any channel is non-zero."""
+    brain = np.any(image != 0, axis=0)[None]
+    return normalize(image[None].astype(np.float32), brain, "zscore", (0.0, 100.0))[0]
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    return fit_to_size(np.asarray(mask), size, "resize", is_mask=True)
+
+
+def whole_tumor(mask: np.ndarray) -> np.ndarray:
+    names = tuple(f"r{i}" for i in range(len(mask)))
+    return build_target(np.asarray(mask)[None], names, {"whole_tumor": list(names)})[0]
 
 # --- zscore_over_brain ----------------------------------------------------------------------
 
@@ -201,10 +218,92 @@ def test_split_cases_counts(n_cases, expected):
         (["a"], FRACTIONS),
         (["a", "b"], FRACTIONS),
         (["a", "a", "b", "b"], FRACTIONS),  # four slices but two cases
-        (["a", "b", "c", "d"], {"train": 0.2, "val": 0.4, "test": 0.4}),  # val and test leave no train case
     ],
-    ids=["none", "one", "two", "two-cases-four-slices", "no-train-left"],
+    ids=["none", "one", "two", "two-cases-four-slices"],
 )
 def test_split_cases_too_few_cases_raises(case_ids, fractions):
     with pytest.raises(ValueError, match=r"cases (cannot fill|are too few)"):
         split_cases(case_ids, fractions, seed=0)
+
+
+def test_split_cases_rounding_that_empties_a_split_borrows_from_the_largest():
+    # val and test round up to 2 cases each and would leave train none: every split still gets one
+    assignment = split_cases(["a", "b", "c", "d"], {"train": 0.2, "val": 0.4, "test": 0.4}, seed=0)
+    assert sorted(assignment.values()).count("train") == 1 and set(assignment.values()) == {"train", "val", "test"}
+
+
+# --- case-level options -----------------------------------------------------------------------
+
+def test_normalize_percentile_clips_and_scales_over_the_brain():
+    image = np.zeros((1, 1, 1, 101), np.float32)
+    image[0, 0, 0, 1:] = np.arange(1, 101)  # brain values 1..100, background one 0
+    brain = image[:, 0] > 0
+    out = normalize(image, brain, "percentile", (10.0, 90.0))
+    low, high = np.percentile(np.arange(1, 101), [10, 90])  # 10.9, 90.1
+    expected = (np.clip(np.arange(1, 101), low, high) - low) / (high - low)
+    np.testing.assert_allclose(out[0, 0, 0, 1:], expected, atol=1e-6)
+    assert out[0, 0, 0, 0] == 0 and out.min() == 0 and out.max() == pytest.approx(1)
+
+
+def test_normalize_minmax_and_zscore_use_all_slices_of_the_case():
+    image = np.zeros((2, 1, 4, 4), np.float32)
+    image[0, 0, :2, :2] = 10  # slice 0: brain values 10
+    image[1, 0, :2, :2] = 30  # slice 1: brain values 30
+    image[:, 0, 2:, 2:] = 20  # 16 more brain pixels valued 20 (enough brain to normalise)
+    brain = image[:, 0] > 0
+    minmax = normalize(image, brain, "minmax", (0, 100))
+    assert minmax[0, 0, 0, 0] == 0 and minmax[1, 0, 0, 0] == 1 and minmax[0, 0, 3, 3] == pytest.approx(0.5)
+    zscore = normalize(image, brain, "zscore", (0, 100))
+    assert zscore[brain[:, None].repeat(1, 1)].mean() == pytest.approx(0, abs=1e-6)
+    assert zscore[0, 0, 0, 0] == pytest.approx(-zscore[1, 0, 0, 0])  # 10 and 30 sit symmetric around 20
+
+
+def test_brain_mask_ignores_dim_background():
+    image = np.full((1, 1, 4, 4), 1.0, np.float32)  # JPEG-like background noise of 1 (out of 255)
+    image[0, 0, 1:3, 1:3] = 200
+    brain = brain_mask(image, threshold=0.02)
+    assert brain.sum() == 4 and brain[0, 1:3, 1:3].all()
+
+
+def test_brain_box_covers_every_slice_with_margin():
+    brain = np.zeros((2, 10, 10), bool)
+    brain[0, 2:4, 3:5] = True
+    brain[1, 5:7, 1:2] = True
+    rows, cols = brain_box(brain, margin=1)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (1, 8, 0, 6)
+
+
+def test_letterbox_keeps_aspect_and_pads():
+    planes = np.ones((1, 20, 40), np.float32)
+    out = fit_to_size(planes, 8, "letterbox", is_mask=False)
+    assert out.shape == (1, 8, 8)
+    np.testing.assert_array_equal(out[0].sum(axis=1) > 0, [0, 0, 1, 1, 1, 1, 0, 0])  # 8 x 4 content, centred
+
+
+def test_build_target_regions_wt_tc_et():
+    regions = np.zeros((1, 3, 1, 3), np.uint8)  # sub-regions: necrotic, edema, enhancing; pixels 0..2
+    regions[0, 0, 0, 0] = 1
+    regions[0, 1, 0, 1] = 1
+    regions[0, 2, 0, 2] = 1
+    out = build_target(regions, ("necrotic", "edema", "enhancing"),
+                       {"WT": ["necrotic", "edema", "enhancing"], "TC": ["necrotic", "enhancing"], "ET": ["enhancing"]})
+    np.testing.assert_array_equal(out[0, :, 0], [[1, 1, 1], [1, 0, 1], [0, 0, 1]])
+
+
+def test_select_slices_keeps_tumor_and_a_fraction_of_tumor_free():
+    has_tumor = np.array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], bool)
+    brain = np.array([100] * 9 + [0])  # the last slice has no brain
+    keep = select_slices(has_tumor, brain, 0.5, skip_no_brain=True, rng=np.random.default_rng(0))
+    assert {0, 5} <= set(keep) and 9 not in keep
+    assert len(keep) == 2 + 4  # half of the 7 tumor-free slices with brain, rounded half up
+    everything = select_slices(has_tumor, brain, 1.0, skip_no_brain=False, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(everything, np.arange(10))
+
+
+def test_split_cases_stratified_spreads_tumor_free_patients():
+    cases = [f"c{i}" for i in range(20)]
+    strata = {c: i < 10 for i, c in enumerate(cases)}  # half the patients have tumor
+    assignment = split_cases(cases, {"train": 0.6, "val": 0.2, "test": 0.2}, 3, strata)
+    for split, expected in (("train", 6), ("val", 2), ("test", 2)):
+        members = [c for c, s in assignment.items() if s == split]
+        assert sum(strata[c] for c in members) == expected and sum(not strata[c] for c in members) == expected

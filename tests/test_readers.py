@@ -13,8 +13,16 @@ import pytest
 from stages.cli import PipelineError
 from stages.config import parse_params
 from stages.datasets import brats_h5, coco, sample
-from stages.datasets.slicing import slice_brats2020, slice_tumor_coco
+from stages.datasets.slicing import preprocess_dataset
 from stages.slices import load_split
+
+def slice_brats2020(raw, out, params):
+    return preprocess_dataset("brats2020", raw, out, params)
+
+
+def slice_tumor_coco(raw, out, params):
+    return preprocess_dataset("tumor_coco", raw, out, params)
+
 
 EMPTY_IMAGE = "2369_jpg.rf.8b8afa9d79c61fa42ca128c940b9cbc0.jpg"
 DOUBLE_IMAGE = "176_jpg.rf.23ef40c30986ba54b865d55a934bfa72.jpg"

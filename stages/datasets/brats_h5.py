@@ -8,7 +8,6 @@ The volume number V is the patient (case) id.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import h5py
 import numpy as np
 
 from stages.cli import PipelineError
+from stages.datasets.base import Case, CaseRef
 
 DATA_DIR = Path("BraTS2020_training_data/content/data")
 FILE_PATTERN = re.compile(r"volume_(\d+)_slice_(\d+)\.h5")
@@ -69,10 +69,27 @@ def read_slice(path: Path, image_channels: int, mask_channels: int) -> tuple[np.
     return image.transpose(2, 0, 1), mask.transpose(2, 0, 1).astype(np.uint8)
 
 
-def iter_slices(files: list[SliceFile], image_channels: int, mask_channels: int) -> Iterator[tuple[SliceFile, np.ndarray, np.ndarray]]:
-    for file in files:
-        image, mask = read_slice(file.path, image_channels, mask_channels)
-        yield file, image, mask
+def list_cases(root: Path, options) -> list[CaseRef]:
+    """One case per volume (patient), its slice files in slice order."""
+    cases: dict[int, list[SliceFile]] = {}
+    for file in list_slices(root):
+        cases.setdefault(file.volume, []).append(file)
+    return [CaseRef(files[0].case_id, root, tuple(f.path for f in files), extra={"slices": tuple(f.slice_index for f in files)})
+            for _, files in sorted(cases.items())]
+
+
+def read_case(case: CaseRef, options) -> Case:
+    """All slices of a volume; image channels picked and ordered by `options.input_channels`."""
+    stored = list(options.image_channels)
+    pick = [stored.index(name) for name in options.input_channels]
+    images, masks = [], []
+    for path in case.files:
+        image, mask = read_slice(path, len(stored), len(options.mask_channels))
+        images.append(image[pick])
+        masks.append(mask)
+    return Case(case.case_id, np.stack(images), (np.stack(masks) > 0).astype(np.uint8),
+                tuple(options.input_channels), tuple(options.mask_channels),
+                np.asarray(case.extra["slices"]), tuple(str(p.relative_to(case.root)) for p in case.files))
 
 
 def _one_line(error: Exception) -> str:

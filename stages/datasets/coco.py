@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 
 from stages.cli import PipelineError
+from stages.datasets.base import Case, CaseRef
 
 ANNOTATIONS = "_annotations.coco.json"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}  # our split name -> archive folder
@@ -64,6 +65,32 @@ def read_split(root: Path, split: str) -> list[CocoImage]:
     except (KeyError, TypeError, ValueError) as error:
         raise PipelineError(f"{json_path}: not a COCO annotation file (field {error} missing or malformed)") from None
     return sorted(images, key=lambda image: image.path.name)
+
+
+def list_cases(root: Path, options=None) -> list[CaseRef]:
+    """One case per source image and split: Roboflow's `*.rf.<hash>` copies of an image are its slices.
+
+    The same source image in two splits gives two cases with one case_id: the preprocess stage's
+    leakage check reports it.
+    """
+    cases = []
+    for split in SPLIT_FOLDERS:
+        grouped: dict[str, list[CocoImage]] = {}
+        for image in read_split(root, split):
+            grouped.setdefault(image.case_id, []).append(image)
+        for case_id, images in sorted(grouped.items()):
+            cases.append(CaseRef(case_id, root, tuple(i.path for i in images), split=split, extra={"images": tuple(images)}))
+    return cases
+
+
+def read_case(case: CaseRef, options=None) -> Case:
+    """The case's images (S, 1, H, W) grey and whole-tumor masks (S, 1, H, W)."""
+    images, masks = zip(*(read_image(image) for image in case.extra["images"]))
+    sizes = {image.shape for image in images}
+    if len(sizes) > 1:
+        raise PipelineError(f"{case.files[0]}: copies of source image {case.case_id} differ in size {sorted(sizes)}")
+    return Case(case.case_id, np.stack(images), np.stack(masks), ("grey",), ("tumor",), np.arange(len(images)),
+                tuple(str(p.relative_to(case.root)) for p in case.files))
 
 
 def read_image(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.cli import PipelineError
+from stages.config import Params
 from stages.datasets import phantom
 
 BRATS_DATA_DIR = Path("BraTS2020_training_data/content/data")
@@ -41,6 +42,32 @@ COCO_CATEGORIES = [
 ]
 
 
+def write_sample(dataset: str, root: Path, params: Params) -> None:
+    """Write the synthetic form of `dataset` into the empty folder `root`, sized by params data.sample."""
+    data, sizes, seed = params.data, getattr(params.data.sample, dataset), params.data.sample.seed
+    if dataset == "brats2020":
+        write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
+                       image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels, seed=seed)
+    elif dataset == "tumor_coco":
+        write_tumor_coco(root, images_per_split=sizes, seed=seed)
+    elif dataset == "brats2020_nifti":
+        from stages.datasets import brats_nifti
+
+        options = data.brats2020_nifti
+        brats_nifti.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                                 sequences=options.sequences, labels=options.labels, seed=seed)
+    elif dataset == "lgg":
+        from stages.datasets import lgg
+
+        lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+    elif dataset == "folder":
+        from stages.datasets import folder
+
+        folder.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+    else:
+        raise ValueError(f"no sample generator for dataset '{dataset}'")
+
+
 def write_brats_h5(
     root: Path,
     *,
@@ -49,11 +76,12 @@ def write_brats_h5(
     image_channels: list[str],
     mask_channels: list[str],
     seed: int,
+    size: int = BRATS_SIZE,
 ) -> None:
     """BraTS 2020 slices as in `awsaf49/brats2020-training-data`: one .h5 per (volume, slice).
 
-    Each file holds `image` float32 (240, 240, len(image_channels)) and `mask` uint8
-    (240, 240, len(mask_channels)), one channel per tumor sub-region (0/1).
+    Each file holds `image` float32 (size, size, len(image_channels)) and `mask` uint8
+    (size, size, len(mask_channels)), one channel per tumor sub-region (0/1); the real files are 240 px.
     """
     unknown = [c for c in image_channels if c not in phantom.SEQUENCES]
     unknown += [c for c in mask_channels if c not in MASK_TISSUE]
@@ -69,7 +97,7 @@ def write_brats_h5(
     slice_numbers = np.linspace(10, BRATS_DEPTH - 10, slices_per_case).round().astype(int)
     rows = []
     for volume in tqdm(range(1, cases + 1), desc="sample brats2020", unit="case"):
-        case = phantom.random_case(rng, BRATS_SIZE, BRATS_DEPTH)
+        case = phantom.random_case(rng, size, BRATS_DEPTH)
         for slice_number in slice_numbers:
             tissue = phantom.tissue_map(case, float(slice_number))
             image = np.stack([phantom.render(case, tissue, c, rng) for c in image_channels], axis=-1)

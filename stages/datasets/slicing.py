@@ -1,81 +1,207 @@
-"""Raw archive layout -> per-split slice arrays (the `preprocess` stage's library)."""
+"""Raw archive layout -> per-split slice arrays: the `preprocess` stage's library.
+
+Cases (patients) are read in parallel worker processes, each reduced to its kept, normalised,
+fitted slices, and streamed to disk; memory holds a few cases at a time whatever the dataset's
+size. The split is decided once every case is known (stratified by tumor presence), then the
+rows are copied, case by case, into the split folders.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import multiprocessing
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from stages.cli import PipelineError
-from stages.config import Params
-from stages.datasets import brats_h5, coco
-from stages.preprocessing import NORMALIZATION, resize_image, resize_mask, split_cases, whole_tumor, zscore_over_brain
+from stages.config import Params, PreprocessParams, targets
+from stages.datasets.base import CaseRef
+from stages.preprocessing import brain_box, brain_mask, build_target, fit_to_size, normalize, select_slices, split_cases
 from stages.slices import SPLITS, SliceWriter
+
+log = logging.getLogger("stages.preprocess")
+
+READERS = {"brats2020": "brats_h5", "tumor_coco": "coco", "brats2020_nifti": "brats_nifti", "lgg": "lgg", "folder": "folder"}
+
+
+def reader(dataset: str):
+    """The reader module of a dataset (list_cases, read_case; see stages.datasets.base)."""
+    return importlib.import_module(f"stages.datasets.{READERS[dataset]}")
 
 
 def source_version(params: Params, dataset: str) -> str:
     if params.data.source == "sample":
         return f"sample(seed={params.data.sample.seed})"
+    if dataset == "folder":
+        return f"folder({params.data.folder.path})"
     return getattr(params.data, dataset).kaggle_handle
 
 
-def slice_brats2020(raw: Path, out: Path, params: Params) -> dict[str, int]:
-    """BraTS h5 slices -> splits by patient (volume), seeded; returns slices per split."""
-    channels = params.data.brats2020.image_channels
-    mask_channels = params.data.brats2020.mask_channels
-    size = params.preprocess.size
-    files = brats_h5.list_slices(raw)
-    fractions = params.preprocess.split.model_dump()
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    case: CaseRef
+    options: object
+    preprocess: PreprocessParams
+    targets: dict[str, list[str]]
+
+
+@dataclass
+class Prepared:
+    """One case reduced to what goes into the split arrays (or the reason it was skipped)."""
+
+    case: CaseRef
+    images: np.ndarray | None = None  # float16 (S, C, size, size)
+    masks: np.ndarray | None = None  # uint8 (S, K, size, size)
+    slice_index: np.ndarray | None = None
+    source_files: tuple[str, ...] = ()
+    slices_read: int = 0
+    skipped: str | None = None
+
+
+def prepare_case(job: Job) -> Prepared:
+    """Read one case and turn it into model input (runs in a worker process)."""
+    p = job.preprocess
     try:
-        assignment = split_cases([f.case_id for f in files], fractions, params.preprocess.seed)
+        case = reader(job.dataset).read_case(job.case, job.options)
+    except PipelineError as error:
+        if p.on_bad_file == "skip":
+            return Prepared(job.case, skipped=str(error))
+        raise
+    brain = brain_mask(case.image, p.brain_threshold)
+    target = build_target(case.regions, case.region_names, job.targets)
+    rng = np.random.default_rng([p.seed, zlib.crc32(job.case.case_id.encode())])
+    keep = select_slices(target.reshape(len(target), -1).any(axis=1), brain.reshape(len(brain), -1).sum(axis=1),
+                         p.tumor_free_fraction, p.skip_no_brain, rng)
+    image = normalize(case.image, brain, p.normalization, tuple(p.percentiles))  # over the whole case's brain
+    if p.crop_to_brain:
+        rows, cols = brain_box(brain, p.crop_margin)
+        image, target = image[:, :, rows, cols], target[:, :, rows, cols]
+    image, target = image[keep], target[keep]
+    s, c, h, w = image.shape
+    k = target.shape[1]
+    images = fit_to_size(image.reshape(s * c, h, w), p.size, p.fit, is_mask=False).reshape(s, c, p.size, p.size)
+    masks = fit_to_size(target.reshape(s * k, h, w), p.size, p.fit, is_mask=True).reshape(s, k, p.size, p.size)
+    return Prepared(job.case, images.astype(np.float16), masks, case.slice_index[keep],
+                    tuple(case.source_files[i] for i in keep), slices_read=len(case.image))
+
+
+def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> dict[str, int]:
+    """Write `out/<split>/` for every split; returns the number of slices per split."""
+    p = params.preprocess
+    options = getattr(params.data, dataset)
+    outputs = targets(params, dataset)
+    cases = reader(dataset).list_cases(raw, options)
+    channels = ["grey"] if dataset == "tumor_coco" else list(options.input_channels)
+    workers = p.workers or os.cpu_count() or 1
+    jobs = [Job(dataset, case, options, p, outputs) for case in cases]
+
+    staging = SliceWriter(out / "_all", len(channels), len(outputs), p.size)
+    kept: list[Prepared] = []  # arrays dropped once written: only the bookkeeping stays in memory
+    rows: dict[int, tuple[int, int]] = {}
+    skipped: list[dict[str, str]] = []
+    slices_read = 0
+    with _pool(workers) as pool:
+        results = pool.imap(prepare_case, jobs) if pool else map(prepare_case, jobs)
+        for prepared in tqdm(results, total=len(jobs), desc=f"preprocess {dataset}", unit="case"):
+            if prepared.skipped:
+                log.warning("skipped (preprocess.on_bad_file=skip): %s", prepared.skipped)
+                skipped.append({"case_id": prepared.case.case_id, "reason": prepared.skipped})
+                continue
+            slices_read += prepared.slices_read
+            start = len(staging.rows)
+            staging.add(prepared.images, prepared.masks, prepared.case.case_id, prepared.slice_index, prepared.source_files)
+            rows[len(kept)] = (start, len(staging.rows))
+            prepared.images = prepared.masks = None
+            kept.append(prepared)
+    staging.close({})
+    if not staging.rows:
+        raise PipelineError(f"{raw}: no slices left after reading {len(cases)} cases ({len(skipped)} skipped as bad); "
+                            "check preprocess.tumor_free_fraction, preprocess.skip_no_brain and the input files")
+
+    has_tumor = {}
+    for i, prepared in enumerate(kept):
+        start, end = rows[i]
+        has_tumor[prepared.case.case_id] = has_tumor.get(prepared.case.case_id, False) or any(r[4] > 0 for r in staging.rows[start:end])
+    assignment, split_by = _assign_splits(kept, has_tumor, params, raw)
+
+    all_images = np.load(out / "_all" / "images.npy", mmap_mode="r")
+    all_masks = np.load(out / "_all" / "masks.npy", mmap_mode="r")
+    counts = {}
+    for split in SPLITS:
+        writer = SliceWriter(out / split, len(channels), len(outputs), p.size)
+        for i, prepared in enumerate(kept):
+            if assignment[i] == split:
+                start, end = rows[i]
+                writer.add(all_images[start:end], all_masks[start:end], prepared.case.case_id,
+                           prepared.slice_index, prepared.source_files)
+        meta = writer.close({
+            "dataset": dataset, "split": split, "split_by": split_by,
+            "source": params.data.source, "source_version": source_version(params, dataset),
+            "channels": channels, "size": p.size,
+            "normalization": {"method": p.normalization, "over": "brain voxels of the whole case, per channel",
+                              **({"percentiles": p.percentiles} if p.normalization == "percentile" else {})},
+            "geometry": {"crop_to_brain": p.crop_to_brain, "crop_margin": p.crop_margin, "fit": p.fit},
+            "targets": outputs,
+            "selection": {"tumor_free_fraction": p.tumor_free_fraction, "skip_no_brain": p.skip_no_brain,
+                          "slices_read": slices_read, "slices_kept": len(staging.rows)},
+            "leakage_check": {"unit": "case_id (patient; for Roboflow exports the source image behind *.rf.<hash>)",
+                              "cases_in_two_splits": [], "passed": True},
+            "bad_files": {"policy": p.on_bad_file, "skipped": len(skipped), "files": skipped},
+            "arrays": {"images": "float16 (N, C, H, W)", "masks": "uint8 (N, K, H, W), K = len(targets), 1 = inside"},
+        })
+        counts[split] = meta["counts"]["slices"]
+    del all_images, all_masks
+    shutil.rmtree(out / "_all")
+    return counts
+
+
+def _assign_splits(kept: list[Prepared], has_tumor: dict[str, bool], params: Params, raw: Path) -> tuple[list[str], str]:
+    """Split name per kept case; the dataset's own split is kept only if no case sits in two splits."""
+    p = params.preprocess
+    own = [prepared.case.split for prepared in kept]
+    if p.use_own_split and all(own):
+        splits_of: dict[str, set[str]] = {}
+        for prepared in kept:
+            splits_of.setdefault(prepared.case.case_id, set()).add(prepared.case.split)
+        leaked = sorted(case for case, splits in splits_of.items() if len(splits) > 1)
+        if leaked:
+            raise PipelineError(
+                f"{raw}: leakage: {len(leaked)} case(s) appear in two splits of the dataset's own split "
+                f"(e.g. {leaked[:5]}); set preprocess.use_own_split=false to re-split by case")
+        return own, "the dataset's own split (leakage-checked by case)"
+    ids = [prepared.case.case_id for prepared in kept]
+    strata = has_tumor if p.stratify else None
+    try:
+        by_case = split_cases(ids, p.split.model_dump(), p.seed, strata)
     except ValueError as error:
         raise PipelineError(f"{raw}: {error}; add cases or change preprocess.split") from None
-    counts = {}
-    for split in SPLITS:
-        chosen = [f for f in files if assignment[f.case_id] == split]
-        writer = SliceWriter(out / split, len(chosen), len(channels), size)
-        for file, image, mask in tqdm(brats_h5.iter_slices(chosen, len(channels), len(mask_channels)),
-                                      total=len(chosen), desc=f"preprocess brats2020/{split}", unit="slice"):
-            writer.add(resize_image(zscore_over_brain(image), size), resize_mask(whole_tumor(mask), size),
-                       file.case_id, file.slice_index, str(file.path.relative_to(raw)))
-        writer.close(_meta(params, "brats2020", split, channels,
-                           {"whole_tumor": {"any_of": mask_channels}}, split_by="patient (volume), seeded"))
-        counts[split] = len(chosen)
-    return counts
+    stratified = ", stratified by tumor presence" if p.stratify else ""
+    return [by_case[i] for i in ids], f"patient (case), seeded{stratified}"
 
 
-def slice_tumor_coco(raw: Path, out: Path, params: Params) -> dict[str, int]:
-    """COCO JPEG + polygons -> the export's own train/valid/test split; returns slices per split."""
-    size = params.preprocess.size
-    counts = {}
-    for split in SPLITS:
-        images = coco.read_split(raw, split)
-        writer = SliceWriter(out / split, len(images), 1, size)
-        for image in tqdm(images, desc=f"preprocess tumor_coco/{split}", unit="image"):
-            grey, mask = coco.read_image(image)
-            writer.add(resize_image(zscore_over_brain(grey), size), resize_mask(mask, size),
-                       image.case_id, 0, str(image.path.relative_to(raw)))
-        writer.close(_meta(params, "tumor_coco", split, ["grey"],
-                           {"whole_tumor": {"any_of": "every annotation, whatever its category"}},
-                           split_by=f"the export's own folder '{coco.SPLIT_FOLDERS[split]}'"))
-        counts[split] = len(images)
-    return counts
+class _pool:
+    """A fork-based process pool for more than one worker, else nothing (work runs inline)."""
 
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = None
 
-SLICERS = {"brats2020": slice_brats2020, "tumor_coco": slice_tumor_coco}
+    def __enter__(self):
+        if self.workers > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = multiprocessing.get_context(method).Pool(self.workers)
+        return self.pool
 
-
-def _meta(params: Params, dataset: str, split: str, channels: list[str], label_map: dict, split_by: str) -> dict:
-    return {
-        "dataset": dataset,
-        "split": split,
-        "split_by": split_by,
-        "source": params.data.source,
-        "source_version": source_version(params, dataset),
-        "channels": list(channels),
-        "size": params.preprocess.size,
-        "normalization": NORMALIZATION,
-        "target": "whole_tumor",
-        "label_map": label_map,
-        "arrays": {"images": "float16 (N, C, H, W)", "masks": "uint8 (N, 1, H, W), 1 = tumor"},
-    }
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()
+        return False

@@ -9,13 +9,13 @@ from stages.models.unet import ResUNet, UNet
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resunet": ResUNet}
 
 
-def create_model(name: str, *, in_channels: int, base_channels: int = 16, depth: int = 3) -> nn.Module:
+def create_model(name: str, *, in_channels: int, out_channels: int = 1, base_channels: int = 16, depth: int = 3) -> nn.Module:
     """Build a registered model; an unknown name is an error listing the valid ones."""
     try:
         model_class = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model '{name}'; expected one of {sorted(MODELS)}") from None
-    return model_class(in_channels=in_channels, base_channels=base_channels, depth=depth)
+    return model_class(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth)
 
 
 def load_checkpoint(path) -> tuple[nn.Module, dict]:

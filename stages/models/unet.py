@@ -1,7 +1,8 @@
 """U-Net (Ronneberger et al., 2015) and ResU-Net (residual blocks, Zhang et al., 2018) for 2D slices.
 
 Both are encoder + decoder + 1x1 head and differ only in the block used at each level.
-Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, 1, H, W).
+Input (N, C, H, W) with H and W divisible by 2**depth; output logits (N, out_channels, H, W),
+one independent (sigmoid) map per target, so overlapping regions like WT/TC/ET are allowed.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ResidualBlock(nn.Module):
 class _EncoderDecoder(nn.Module):
     block: type[nn.Module]
 
-    def __init__(self, in_channels: int, base_channels: int = 16, depth: int = 3):
+    def __init__(self, in_channels: int, out_channels: int = 1, base_channels: int = 16, depth: int = 3):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -57,7 +58,7 @@ class _EncoderDecoder(nn.Module):
         # decoder goes from the bottleneck (widest) back up to full resolution
         self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth)))
         self.decoder = nn.ModuleList(self.block(2 * widths[i], widths[i]) for i in reversed(range(depth)))
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)  # one logit map per target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 2**self.depth

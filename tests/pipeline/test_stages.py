@@ -66,3 +66,72 @@ def test_train_twice_with_the_same_params_gives_the_same_weights(project):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+DATASETS = ["brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_goes_from_its_sample_to_checked_slices(project, params_dict, dataset):
+    from stages.slices import load_split
+
+    params_dict["data"]["datasets"] = DATASETS
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for stage in ("stages.download", "stages.preprocess"):
+        result = run(project, stage, "--dataset", dataset)
+        assert result.returncode == 0, result.stderr
+    splits = {s: load_split(project / "data" / "slices" / dataset, s) for s in ("train", "val", "test")}
+    cases = {s: set(split.index.case_id) for s, split in splits.items()}
+    assert all(cases.values()) and not (cases["train"] & cases["val"] or cases["train"] & cases["test"] or cases["val"] & cases["test"])
+    total = sum(len(split.images) for split in splits.values())
+    tumor = sum(int((split.index.tumor_pixels > 0).sum()) for split in splits.values())
+    assert 0 < tumor < total  # tumor and tumor-free slices both present
+    meta = splits["test"].meta
+    assert meta["leakage_check"]["passed"] and meta["bad_files"]["skipped"] == 0
+    assert meta["size"] == params_dict["preprocess"]["size"] and list(meta["targets"]) == ["whole_tumor"]
+
+
+@pytest.mark.parametrize("dataset", ["brats2020", "brats2020_nifti"])
+def test_regions_target_gives_wt_tc_et_channels_nested_as_in_brats(project, params_dict, dataset):
+    from stages.slices import load_split
+
+    params_dict["data"]["datasets"] = [dataset]
+    params_dict["preprocess"].update(target="regions", crop_to_brain=True, fit="letterbox", normalization="percentile")
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for stage in ("stages.download", "stages.preprocess"):
+        assert run(project, stage, "--dataset", dataset).returncode == 0
+    train = load_split(project / "data" / "slices" / dataset, "train")
+    assert list(train.meta["targets"]) == ["WT", "TC", "ET"] and train.masks.shape[1] == 3
+    wt, tc, et = (train.masks[:, k].astype(bool) for k in range(3))
+    assert et.any() and not (et & ~tc).any() and not (tc & ~wt).any()  # ET inside TC inside WT
+    assert (tc.sum() < wt.sum()) and train.images.min() >= 0 and train.images.max() <= 1  # percentile: 0..1
+
+
+def test_bad_file_is_skipped_and_counted_with_on_bad_file_skip(project, params_dict):
+    from stages.slices import load_split
+
+    params_dict["preprocess"]["on_bad_file"] = "skip"
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    assert run(project, "stages.download", "--dataset", "brats2020").returncode == 0
+    broken = brats_h5.list_slices(project / "data" / "raw" / "brats2020")[0].path
+    broken.write_bytes(b"")
+    result = run(project, "stages.preprocess", "--dataset", "brats2020")
+    assert result.returncode == 0, result.stderr
+    assert broken.name in result.stderr  # logged
+    metas = [load_split(project / "data" / "slices" / "brats2020", s).meta for s in ("train", "val", "test")]
+    assert all(m["bad_files"]["skipped"] == 1 and broken.name in m["bad_files"]["files"][0]["reason"] for m in metas)
+    cases = set().union(*(set(load_split(project / "data" / "slices" / "brats2020", s).index.case_id) for s in ("train", "val", "test")))
+    assert "volume_1" not in cases and len(cases) == params_dict["data"]["sample"]["brats2020"]["cases"] - 1
+
+
+def test_preprocess_workers_give_the_same_arrays_as_one_process(project, params_dict):
+    import numpy as np
+
+    assert run(project, "stages.download", "--dataset", "tumor_coco").returncode == 0
+    results = []
+    for workers in (1, 2):
+        params_dict["preprocess"]["workers"] = workers
+        (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+        assert run(project, "stages.preprocess", "--dataset", "tumor_coco").returncode == 0
+        results.append(np.load(project / "data/slices/tumor_coco/train/images.npy"))
+    np.testing.assert_array_equal(results[0], results[1])
