@@ -70,6 +70,8 @@ def fit_to_size(planes: np.ndarray, size: int, mode: str, is_mask: bool) -> np.n
     Masks are interpolated as area fractions and kept where at least half the pixel was tumor.
     """
     height, width = planes.shape[1:]
+    if not len(planes):
+        return np.zeros((0, size, size), np.uint8 if is_mask else np.float32)
     if mode == "resize":
         target = (size, size)
     elif mode == "letterbox":

@@ -225,3 +225,25 @@ def test_slices_meta_without_field_names_it(brats_raw, tmp_path, params_dict):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(PipelineError, match=r"test/meta\.json: field\(s\) \['channels'\] missing"):
         load_split(tmp_path, "test")
+
+
+def test_h5_mask_values_outside_zero_one_name_the_file(tmp_path):
+    path = tmp_path / "volume_1_slice_0.h5"
+    mask = np.zeros((240, 240, 3), np.uint8)
+    mask[5, 5, 1] = 2
+    with h5py.File(path, "w") as h5:
+        h5["image"] = np.ones((240, 240, 4), np.float32)
+        h5["mask"] = mask
+    with pytest.raises(PipelineError, match=r"volume_1_slice_0\.h5: 'mask' holds values \[2\]"):
+        brats_h5.read_slice(path, 4, 3)
+
+
+def test_h5_nan_voxels_name_the_file(tmp_path):
+    path = tmp_path / "volume_2_slice_9.h5"
+    image = np.ones((240, 240, 4), np.float32)
+    image[3, 3, 0] = np.nan
+    with h5py.File(path, "w") as h5:
+        h5["image"] = image
+        h5["mask"] = np.zeros((240, 240, 3), np.uint8)
+    with pytest.raises(PipelineError, match=r"volume_2_slice_9\.h5: 'image' holds NaN"):
+        brats_h5.read_slice(path, 4, 3)

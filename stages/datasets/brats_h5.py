@@ -66,6 +66,10 @@ def read_slice(path: Path, image_channels: int, mask_channels: int) -> tuple[np.
         raise PipelineError(f"{path}: 'mask' has shape {mask.shape}, expected {image.shape[:2] + (mask_channels,)} per data.brats2020.mask_channels")
     if not np.isfinite(image).all():
         raise PipelineError(f"{path}: 'image' holds NaN or infinite values")
+    unexpected = sorted(set(np.unique(mask).tolist()) - {0, 1})
+    if unexpected:
+        raise PipelineError(f"{path}: 'mask' holds values {unexpected}, expected 0/1 per sub-region channel "
+                            "(data.brats2020.mask_channels)")
     return image.transpose(2, 0, 1), mask.transpose(2, 0, 1).astype(np.uint8)
 
 

@@ -93,8 +93,12 @@ def write_brats_h5(
     rng = np.random.default_rng(seed)
     data_dir = root / BRATS_DATA_DIR
     data_dir.mkdir(parents=True)
-    # spread the slices over the volume so the top and bottom ones miss the lesion
-    slice_numbers = np.linspace(10, BRATS_DEPTH - 10, slices_per_case).round().astype(int)
+    if slices_per_case > BRATS_DEPTH:
+        raise PipelineError(f"params.yaml: data.sample.brats2020.slices_per_case: at most {BRATS_DEPTH}, got {slices_per_case}")
+    # spread the slices over the volume so the top and bottom ones miss the lesion; the margin
+    # shrinks as slices are added so the numbers stay distinct (155 gives every slice)
+    margin = min(10, (BRATS_DEPTH - slices_per_case) // 2)
+    slice_numbers = np.linspace(margin, BRATS_DEPTH - 1 - margin, slices_per_case).round().astype(int)
     rows = []
     for volume in tqdm(range(1, cases + 1), desc="sample brats2020", unit="case"):
         case = phantom.random_case(rng, size, BRATS_DEPTH)

@@ -116,6 +116,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
                 skipped.append({"case_id": prepared.case.case_id, "reason": prepared.skipped})
                 continue
             slices_read += prepared.slices_read
+            if not len(prepared.images):
+                continue  # slice selection kept nothing of this case: it is in no split
             start = len(staging.rows)
             staging.add(prepared.images, prepared.masks, prepared.case.case_id, prepared.slice_index, prepared.source_files)
             rows[len(kept)] = (start, len(staging.rows))

@@ -135,3 +135,18 @@ def test_preprocess_workers_give_the_same_arrays_as_one_process(project, params_
         assert run(project, "stages.preprocess", "--dataset", "tumor_coco").returncode == 0
         results.append(np.load(project / "data/slices/tumor_coco/train/images.npy"))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_dataset_left_empty_by_slice_selection_says_which_params(project, params_dict):
+    import cv2
+
+    params_dict["preprocess"]["tumor_free_fraction"] = 0.0
+    params_dict["data"]["datasets"] = ["folder"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    assert run(project, "stages.download", "--dataset", "folder").returncode == 0
+    for mask in (project / "data/raw/folder/masks").glob("*.png"):  # no tumor anywhere
+        cv2.imwrite(str(mask), cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) * 0)
+    result = run(project, "stages.preprocess", "--dataset", "folder")
+    assert result.returncode == 1
+    assert "no slices left" in result.stderr and "preprocess.tumor_free_fraction" in result.stderr
+    assert not (project / "data/slices/folder").exists()
