@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,13 +29,16 @@ def main(argv: Sequence[str]) -> None:
             sample.write_sample(args.dataset, partial, params)
         log.info("%s: synthetic sample written to %s", args.dataset, destination)
         return
-    if args.dataset == "folder":  # the user's own images: linked in, never copied
+    if args.dataset == "folder":
+        # The user's own files are copied, not linked: DVC makes the files it caches read-only,
+        # and through a hard link that would change the permissions of the user's originals.
         own = Path(data.folder.path)
         if not own.is_dir():
             raise PipelineError(f"params.yaml: data.folder.path: folder {own} not found")
         with atomic_dir(destination) as partial:
-            kaggle.place(own, partial, keep_source=True)
-        log.info("folder: %s linked into %s", own, destination)
+            shutil.rmtree(partial)
+            shutil.copytree(own, partial)
+        log.info("folder: %s copied into %s", own, destination)
         return
     handle = getattr(data, args.dataset).kaggle_handle
     cached = kaggle.download(handle)

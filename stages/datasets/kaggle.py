@@ -33,16 +33,12 @@ def download(handle: str) -> Path:
     return Path(path)
 
 
-def place(source: Path, destination: Path, keep_source: bool = False) -> None:
-    """Fill the empty folder `destination` with the tree at `source`: hard links, else moves
-    (or copies, with `keep_source`, for a user's own folder that must stay where it is)."""
+def place(source: Path, destination: Path) -> None:
+    """Fill the empty folder `destination` with the tree at `source`: hard links, else moves."""
     try:
         _link_tree(source, destination)
     except OSError:  # cross-device or links unsupported: move, so the data still exists only once
         shutil.rmtree(destination)
-        if keep_source:
-            shutil.copytree(source, destination)
-            return
         shutil.copytree(source, destination, copy_function=shutil.move)
         # kagglehub treats a version whose folder is gone as not cached, so it fetches again if asked
         shutil.rmtree(source, ignore_errors=True)

@@ -150,3 +150,24 @@ def test_dataset_left_empty_by_slice_selection_says_which_params(project, params
     assert result.returncode == 1
     assert "no slices left" in result.stderr and "preprocess.tumor_free_fraction" in result.stderr
     assert not (project / "data/slices/folder").exists()
+
+
+def test_own_folder_is_copied_in_for_non_sample_source(project, params_dict, tmp_path):
+    from stages.datasets import folder
+
+    own = tmp_path / "my_study"
+    folder.write_sample(own, cases=3, slices_per_case=3, size=32, seed=4)
+    params_dict["data"].update(source="kaggle", datasets=["folder"])
+    params_dict["data"]["folder"]["path"] = str(own)
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    assert run(project, "stages.download", "--dataset", "folder").returncode == 0
+    copied = project / "data/raw/folder/images" / next((own / "images").iterdir()).name
+    assert copied.read_bytes() == (own / "images" / copied.name).read_bytes()
+    assert not os.path.samefile(copied, own / "images" / copied.name)  # a copy: DVC cannot touch the original
+    result = run(project, "stages.preprocess", "--dataset", "folder")
+    assert result.returncode == 0, result.stderr
+
+    params_dict["data"]["folder"]["path"] = str(tmp_path / "nowhere")
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    result = run(project, "stages.download", "--dataset", "folder")
+    assert result.returncode == 1 and "data.folder.path" in result.stderr
