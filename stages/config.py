@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stages.cli import PipelineError
 
 DatasetName = Literal["brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"]
-ModelName = Literal["unet", "resunet"]
+ModelName = Literal["unet", "resunet", "resnet34_unet"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -119,21 +119,60 @@ class PreprocessParams(Section):
     split: SplitParams
 
 
+class AugmentParams(Section):
+    """Probabilities (0 = off) and ranges of the training augmentations; never applied to val/test."""
+
+    hflip: Annotated[float, Field(ge=0.0, le=1.0)]
+    vflip: Annotated[float, Field(ge=0.0, le=1.0)]
+    affine: Annotated[float, Field(ge=0.0, le=1.0)]
+    rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)]
+    shift: Annotated[float, Field(ge=0.0, lt=0.5)]
+    brightness_contrast: Annotated[float, Field(ge=0.0, le=1.0)]
+    brightness_contrast_limit: Annotated[float, Field(ge=0.0, le=1.0)]
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)]
+    noise: Annotated[float, Field(ge=0.0, le=1.0)]
+    noise_std: Annotated[float, Field(ge=0.0, le=1.0)]
+    elastic: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class TrainParams(Section):
     models: Annotated[list[ModelName], Field(min_length=1)]
     epochs: PositiveInt
     batch_size: PositiveInt
+    optimizer: Literal["adam", "adamw", "sgd"]
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    schedule: Literal["constant", "cosine", "plateau", "onecycle"]
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    plateau_patience: PositiveInt
+    grad_clip: Annotated[float, Field(ge=0.0)]
+    early_stopping_patience: Annotated[int, Field(ge=0)]
+    loss: Literal["bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky"]
+    dice_weight: Annotated[float, Field(ge=0.0, le=1.0)]
+    dice_smooth: Annotated[float, Field(ge=0.0)]
+    dice_reduction: Literal["image", "batch"]
+    focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)]
+    tversky_alpha: Annotated[float, Field(ge=0.0, le=1.0)]
+    tversky_beta: Annotated[float, Field(ge=0.0, le=1.0)]
     base_channels: Annotated[int, Field(ge=4, le=256)]
     depth: Annotated[int, Field(ge=1, le=6)]
-    dice_weight: Annotated[float, Field(ge=0.0, le=1.0)]
+    norm: Literal["batch", "instance", "group"]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    deep_supervision: bool
+    encoder_weights: str  # resnet34_unet: torchvision-format resnet34 state dict file; "" = random init
+    augment: AugmentParams
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     num_threads: Annotated[int, Field(ge=0)]
 
 
 class EvaluateParams(Section):
-    threshold: Fraction
+    threshold: Fraction  # training's validation threshold, and evaluate's with threshold_from=fixed
+    threshold_from: Literal["validation", "fixed"]
+    threshold_grid: Annotated[list[Fraction], Field(min_length=1)]
+    size_buckets: Annotated[dict[str, Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
 
 
 class ReportParams(Section):
@@ -198,6 +237,23 @@ def _check_consistency(params: Params, source: str) -> None:
             f"{source}: train.depth: {params.train.depth} halvings need preprocess.size divisible "
             f"by {pool}, got {params.preprocess.size}; pick size {params.preprocess.size // pool * pool or pool}"
         )
+    train = params.train
+    if "resnet34_unet" in train.models and params.preprocess.size % 32:
+        raise PipelineError(f"{source}: train.models: resnet34_unet needs preprocess.size divisible by 32, "
+                            f"got {params.preprocess.size}; pick size {params.preprocess.size // 32 * 32 or 32}")
+    if train.deep_supervision and train.depth < 2:
+        raise PipelineError(f"{source}: train.deep_supervision: needs train.depth >= 2 (auxiliary outputs come "
+                            f"from the coarser decoder levels), got depth {train.depth}")
+    if train.deep_supervision and "resnet34_unet" in train.models:
+        raise PipelineError(f"{source}: train.deep_supervision: not available for resnet34_unet; remove it from train.models")
+    if train.encoder_weights and not Path(train.encoder_weights).is_file():
+        raise PipelineError(f"{source}: train.encoder_weights: file {train.encoder_weights} not found")
+    if train.encoder_weights and "resnet34_unet" not in train.models:
+        raise PipelineError(f"{source}: train.encoder_weights: only resnet34_unet uses encoder weights; add it to "
+                            "train.models or set encoder_weights to ''")
+    if train.schedule == "cosine" and train.warmup_epochs >= train.epochs:
+        raise PipelineError(f"{source}: train.warmup_epochs: {train.warmup_epochs} leaves no epoch of the "
+                            f"{train.epochs} in train.epochs for the cosine decay")
     if len(set(params.data.datasets)) != len(params.data.datasets):
         raise PipelineError(f"{source}: data.datasets: a dataset is listed twice")
     if len(set(params.train.models)) != len(params.train.models):
@@ -220,6 +276,13 @@ def _check_consistency(params: Params, source: str) -> None:
                     raise PipelineError(
                         f"{source}: preprocess.regions.{region}: {dataset} labels no {missing} (it labels {labelled}); "
                         f"use preprocess.target=whole_tumor or drop {dataset} from data.datasets")
+    grid = params.evaluate.threshold_grid
+    if any(b <= a for a, b in zip(grid, grid[1:])):
+        raise PipelineError(f"{source}: evaluate.threshold_grid: thresholds must increase, got {grid}")
+    bounds = params.evaluate.size_buckets
+    if len(set(bounds.values())) != len(bounds) or max(bounds.values()) != 1.0 or "none" in bounds:
+        raise PipelineError(f"{source}: evaluate.size_buckets: expected distinct bounds, the largest 1.0, "
+                            f"and no bucket named 'none' (it holds the tumor-free slices), got {dict(bounds)}")
     all_channels = {c for names in available_channels(params).values() for c in names}
     if params.report.display_channel not in all_channels:
         raise PipelineError(

@@ -1,4 +1,9 @@
-"""Failure-case figures: image with ground truth and prediction overlaid in distinct colours."""
+"""Failure-analysis figures: overlays of truth and prediction on the MRI, and the summary plots.
+
+Overlay colours: true positives yellow, false negatives (missed) green, false positives (false
+alarm) red, and the ground truth's outline in cyan, so a missed or over-reaching border is visible
+even where the tint is faint.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-# RGB colours of the overlay classes; yellow = where both agree (true positive)
-COLOURS = {"ground truth only (missed)": (0.1, 0.85, 0.2), "prediction only (false alarm)": (0.95, 0.1, 0.1),
-           "both (correct)": (1.0, 0.9, 0.0)}
+# RGB colours of the overlay classes, in the order overlay() paints them
+COLOURS = {"TP: tumor found": (1.0, 0.9, 0.0), "FN: tumor missed": (0.1, 0.85, 0.2),
+           "FP: false alarm": (0.95, 0.1, 0.1)}
+OUTLINE = (0.0, 0.85, 1.0)  # ground-truth contour
 ALPHA = 0.55
 
 
@@ -30,35 +38,79 @@ def to_grey(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """RGB float (H, W, 3): grey `image` with missed (green), false-alarm (red), correct (yellow) pixels tinted."""
+    """RGB float (H, W, 3): grey `image` with TP (yellow), FN (green) and FP (red) pixels tinted."""
     rgb = np.repeat(to_grey(image)[..., None], 3, axis=2)
     truth, prediction = truth.astype(bool), prediction.astype(bool)
-    for region, colour in zip((truth & ~prediction, prediction & ~truth, truth & prediction), COLOURS.values()):
+    for region, colour in zip((truth & prediction, truth & ~prediction, prediction & ~truth), COLOURS.values()):
         rgb[region] = (1 - ALPHA) * rgb[region] + ALPHA * np.asarray(colour)
     return rgb
 
 
-def worst_slices(per_slice: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k slices with the lowest Dice among those with tumor in truth or prediction (ties: larger tumor first)."""
-    candidates = per_slice[(per_slice.truth_pixels > 0) | (per_slice.predicted_pixels > 0)]
-    return candidates.sort_values(["dice", "truth_pixels"], ascending=[True, False]).head(k)
-
-
-def failure_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, titles: list[str], suptitle: str):
-    """Figure with one column per case: the image on top, the overlay below, one legend for all."""
-    count = max(len(images), 1)
-    figure, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.9), squeeze=False)
-    for column in range(count):
-        for row in range(2):
-            axes[row, column].axis("off")
-        if column >= len(images):
-            axes[0, column].set_title("no tumor in truth\nor prediction", fontsize=8)
-            continue
-        axes[0, column].imshow(to_grey(images[column]), cmap="gray")
-        axes[0, column].set_title(titles[column], fontsize=8)
-        axes[1, column].imshow(overlay(images[column], truths[column], predictions[column]))
+def _legend(figure) -> None:
     handles = [Patch(color=colour, label=label) for label, colour in COLOURS.items()]
-    figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    figure.suptitle(suptitle, fontsize=10)
-    figure.tight_layout(rect=(0, 0.05, 1, 0.95))
+    handles.append(Line2D([], [], color=OUTLINE, linewidth=1.5, label="ground-truth outline"))
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=9, frameon=False)
+
+
+def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, titles: list[str],
+                   suptitle: str, empty_message: str = "nothing to show"):
+    """One column per example: the MRI slice on top, the TP/FN/FP overlay with the truth outline below.
+
+    images: (N, H, W) float; truths, predictions: (N, H, W) boolean or 0/1; titles: N panel titles.
+    With N = 0 the figure says `empty_message` (e.g. no missed tumor at this threshold).
+    """
+    if not len(images):
+        figure = plt.figure(figsize=(10.0, 2.6))
+        figure.text(0.5, 0.45, empty_message, ha="center", va="center", fontsize=13)
+        figure.suptitle(suptitle, fontsize=11)
+        return figure
+    count = len(images)
+    figure, axes = plt.subplots(2, count, figsize=(max(2.9 * count, 10.0), 7.2), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for column in range(len(images)):
+        axes[0, column].imshow(to_grey(images[column]), cmap="gray", interpolation="nearest")
+        axes[0, column].set_title(titles[column], fontsize=8)
+        axes[1, column].imshow(overlay(images[column], truths[column], predictions[column]), interpolation="nearest")
+        if truths[column].any():
+            axes[1, column].contour(truths[column].astype(float), levels=[0.5], colors=[OUTLINE], linewidths=1.0)
+    _legend(figure)
+    figure.suptitle(suptitle, fontsize=11)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return figure
+
+
+def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: pd.DataFrame, threshold: float, suptitle: str):
+    """Three panels: per-slice Dice vs true tumor area, the per-case Dice distribution, and the
+    pooled precision-recall curve over thresholds with the chosen threshold marked."""
+    figure, (size_axis, case_axis, pr_axis) = plt.subplots(1, 3, figsize=(15, 4.6))
+    tumor = per_slice[per_slice.truth_pixels > 0]
+    found = tumor.predicted_pixels > 0
+    size_axis.scatter(tumor.truth_pixels[found], tumor.dice[found], s=14, alpha=0.7, label="slices with tumor")
+    size_axis.scatter(tumor.truth_pixels[~found], tumor.dice[~found], s=22, marker="x", color="red", label="missed (nothing predicted)")
+    if len(tumor):
+        size_axis.set_xscale("log")
+    size_axis.set(xlabel="true tumor area per slice (pixels, log scale)", ylabel="Dice", ylim=(-0.03, 1.03),
+                  title="Dice vs tumor size (per slice)")
+    size_axis.legend(fontsize=8, loc="lower right")
+    size_axis.grid(alpha=0.3)
+
+    dice = np.sort(per_case.dice.to_numpy())
+    case_axis.hist(dice, bins=np.linspace(0, 1, 21), color="tab:blue", alpha=0.75)
+    case_axis.axvline(dice.mean() if len(dice) else 0, color="black", linestyle="--", label=f"mean {dice.mean() if len(dice) else 0:.3f}")
+    case_axis.set(xlabel="per-case Dice (slices stacked into a volume)", ylabel="cases", xlim=(0, 1),
+                  title=f"per-case Dice distribution ({len(dice)} cases)")
+    case_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    case_axis.legend(fontsize=8, loc="upper left")
+    case_axis.grid(alpha=0.3)
+
+    pr_axis.plot(pr_curve.recall, pr_curve.precision, color="tab:purple", marker=".", markersize=3)
+    at = pr_curve.iloc[(pr_curve.threshold - threshold).abs().argsort()[:1]]
+    pr_axis.scatter(at.recall, at.precision, s=60, color="black", zorder=3, label=f"threshold {threshold:.2f}")
+    pr_axis.set(xlabel="recall (pooled pixels)", ylabel="precision (pooled pixels)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+                title="precision-recall over thresholds 0.01-0.99")
+    pr_axis.legend(fontsize=8, loc="lower left")
+    pr_axis.grid(alpha=0.3)
+    figure.suptitle(suptitle, fontsize=11)
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
     return figure

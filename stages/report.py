@@ -1,7 +1,15 @@
-"""Stage `report`: reports/<dataset>/<model>/worst_cases.png, the worst test slices with overlays."""
+"""Stage `report`: failure analysis of the test split into reports/<dataset>/<model>/.
+
+Galleries (MRI slice, then TP/FN/FP overlay with the ground-truth outline; Dice and tumor size in
+each title): worst_cases.png, missed_tumors.png, false_alarms.png and best_cases.png for contrast.
+analysis.png: Dice vs tumor size, per-case Dice distribution, precision-recall curve. The same data
+as CSV for `dvc plots`: dice_vs_size.csv, case_dice.csv, pr_curve.csv. The first target (whole
+tumor / WT) is the one shown; the threshold is the one evaluate chose (evaluation/settings.json).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,42 +18,76 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from stages import failures
 from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
 from stages.fileio import atomic_file
-from stages.plotting import failure_figure, worst_slices
+from stages.plotting import analysis_figure, gallery_figure
 from stages.slices import load_split
 
 log = logging.getLogger("stages.report")
 
 
-def main(argv: Sequence[str]) -> None:
-    args = stage_arguments(__doc__, model=True).parse_args(argv)
-    params = load_params(args.params)
-    evaluation = Path("reports") / args.dataset / args.model / "evaluation"
+def _read_evaluation(evaluation: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
     try:
-        per_slice = pd.read_csv(evaluation / "per_slice.csv", dtype={"case_id": str})
+        settings = json.loads((evaluation / "settings.json").read_text(encoding="utf-8"))
+        tables = [pd.read_csv(evaluation / f"{name}.csv", dtype={"case_id": str}) for name in ("per_slice", "per_case", "pr_curve")]
         probabilities = np.load(evaluation / "probabilities.npy", mmap_mode="r")
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the evaluate stage first") from None
+    return settings, *tables, probabilities
+
+
+def _save(figure, path: Path) -> None:
+    with atomic_file(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
+    plt.close(figure)
+
+
+def main(argv: Sequence[str]) -> None:
+    args = stage_arguments(__doc__, model=True).parse_args(argv)
+    params = load_params(args.params)
+    out = Path("reports") / args.dataset / args.model
+    settings, per_slice, per_case, pr_curve, probabilities = _read_evaluation(out / "evaluation")
     test = load_split(Path("data/slices") / args.dataset, "test")
     target = next(iter(test.meta["targets"]))  # the first target (whole tumor / WT) is the one plotted
     per_slice = per_slice[per_slice.target == target].reset_index(drop=True)
+    per_case = per_case[per_case.target == target].reset_index(drop=True)
+    pr_curve = pr_curve[pr_curve.target == target].reset_index(drop=True)
     if len(per_slice) != len(test.images) or len(probabilities) != len(test.images):
-        raise PipelineError(f"{evaluation}: {len(per_slice)} rows for {len(test.images)} test slices; re-run evaluate")
+        raise PipelineError(f"{out / 'evaluation'}: {len(per_slice)} rows for {len(test.images)} test slices; re-run evaluate")
+    threshold = float(settings["threshold"])
     channels = test.meta["channels"]
     wanted = params.report.display_channel
     channel = channels.index(wanted) if wanted in channels else 0
-    worst = worst_slices(per_slice, params.report.worst_k)
-    rows = worst.index.to_numpy()
-    titles = [f"case {r.case_id} slice {r.slice_index}\nDice {r.dice:.2f}, tumor {r.truth_pixels} px" for r in worst.itertuples()]
-    figure = failure_figure(test.images[rows, channel].astype(np.float32), test.masks[rows, 0],
-                            probabilities[rows, 0] > params.evaluate.threshold, titles,
-                            f"{args.dataset} / {args.model}: worst test slices, {target} ({channels[channel]})")
-    with atomic_file(Path("reports") / args.dataset / args.model / "worst_cases.png") as partial:
-        figure.savefig(partial, dpi=110, format="png")
-    plt.close(figure)
-    log.info("%s/%s: worst %d test slices plotted", args.dataset, args.model, len(rows))
+    k = params.report.worst_k
+    where = f"{args.dataset} / {args.model}, test split, {target} ({channels[channel]}), threshold {threshold:.2f}"
+
+    galleries = {
+        "worst_cases": (failures.worst_cases(per_case, per_slice, k), "worst cases by per-case Dice", "no case with tumor or prediction"),
+        "missed_tumors": (failures.missed_tumors(per_slice, k), "missed tumors (tumor present, nothing predicted)", "no missed tumor"),
+        "false_alarms": (failures.false_alarms(per_slice, k), "false alarms (no tumor, something predicted)", "no false alarm"),
+        "best_cases": (failures.best_cases(per_case, per_slice, k), "best cases by per-case Dice", "no case with tumor"),
+    }
+    for name, (chosen, what, empty) in galleries.items():
+        rows = chosen.index.to_numpy()
+        figure = gallery_figure(test.images[rows, channel].astype(np.float32), test.masks[rows, 0],
+                                probabilities[rows, 0] > threshold, chosen.title.tolist(), f"{what}\n{where}",
+                                f"{empty} at threshold {threshold:.2f}")
+        _save(figure, out / f"{name}.png")
+    _save(analysis_figure(per_slice, per_case, pr_curve, threshold, where), out / "analysis.png")
+
+    tumor = per_slice[per_slice.truth_pixels > 0]
+    plots = {
+        "dice_vs_size": tumor[["case_id", "slice_index", "truth_pixels", "dice"]].rename(columns={"truth_pixels": "tumor_pixels"}),
+        "case_dice": per_case[["case_id", "dice", "hd95_px"]].sort_values("dice", kind="stable"),
+        "pr_curve": pr_curve[["threshold", "recall", "precision", "dice"]],
+    }
+    for name, table in plots.items():
+        with atomic_file(out / f"{name}.csv") as partial:
+            table.to_csv(partial, index=False, float_format="%.6f")
+    log.info("%s/%s: galleries (%s), analysis.png and plot data written", args.dataset, args.model,
+             ", ".join(f"{len(chosen)} {name}" for name, (chosen, _, _) in galleries.items()))
 
 
 if __name__ == "__main__":

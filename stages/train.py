@@ -1,8 +1,14 @@
-"""Stage `train`: models/<dataset>/<model>/ (model.pt with the best validation weights, history.csv)."""
+"""Stage `train`: models/<dataset>/<model>/model.pt (best validation weights) and the training log.
+
+models/<dataset>/<model>/checkpoint.pt (persistent) is updated after every epoch: a killed run
+resumes from it with `dvc repro` / `dvc exp run`. The per-epoch log (train/val loss, Dice, IoU,
+learning rate) goes through dvclive to dvclive/<dataset>/<model>/, drawn by `dvc plots show`.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,13 +16,15 @@ import torch
 
 from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
-from stages.fileio import atomic_dir
+from stages.fileio import atomic_file
+from stages.inference import pick_device, set_threads
 from stages.models import create_model
 from stages.slices import load_split
-from stages.inference import pick_device, set_threads
-from stages.training import fit
+from stages.training import Diverged, fingerprint, fit, matching_checkpoint
 
 log = logging.getLogger("stages.train")
+
+LOGGED = ("train_loss", "val_loss", "val_case_dice", "val_case_iou", "learning_rate")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -25,32 +33,79 @@ def main(argv: Sequence[str]) -> None:
     config = params.train
     slices = Path("data/slices") / args.dataset
     train_split, val_split = load_split(slices, "train"), load_split(slices, "val")
+    if config.batch_size > len(train_split.images):
+        raise PipelineError(f"params.yaml: train.batch_size: {config.batch_size} is larger than the "
+                            f"{len(train_split.images)} training slices of {args.dataset}; lower it")
     try:
         device = pick_device(config.device)
     except RuntimeError as error:
         raise PipelineError(f"params.yaml: {error}") from None
     set_threads(config.num_threads)
+
     model_args = {"in_channels": len(train_split.meta["channels"]), "out_channels": len(train_split.meta["targets"]),
-                  "base_channels": config.base_channels, "depth": config.depth}
+                  "base_channels": config.base_channels, "depth": config.depth, "norm": config.norm,
+                  "dropout": config.dropout, "deep_supervision": config.deep_supervision}
     torch.manual_seed(config.seed)  # initial weights too: the same params give the same model
-    model = create_model(args.model, **model_args)
+    try:
+        model = create_model(args.model, **model_args, encoder_weights=config.encoder_weights or None)
+    except ValueError as error:
+        key = "train.encoder_weights" if config.encoder_weights and "state dict" in str(error) else f"train.models ({args.model})"
+        raise PipelineError(f"params.yaml: {key}: {error}") from None
+    data_meta = {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")}
+    # validation Dice is measured at the evaluation threshold when it is fixed, else at 0.5
+    threshold = params.evaluate.threshold if isinstance(params.evaluate.threshold, float) else 0.5
+    identity = {"model": args.model, "data": data_meta, "train_slices": len(train_split.images), "threshold": threshold}
+
+    folder = Path("models") / args.dataset / args.model
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "checkpoint.pt"
+    live = _open_live(Path("dvclive") / args.dataset / args.model, checkpoint, fingerprint(config, identity))
     log.info("%s on %s: %d train / %d val slices, device %s", args.model, args.dataset,
              len(train_split.images), len(val_split.images), device)
-    result = fit(model, train_split, val_split, epochs=config.epochs, batch_size=config.batch_size,
-                 learning_rate=config.learning_rate, dice_weight=config.dice_weight,
-                 threshold=params.evaluate.threshold, seed=config.seed, device=device)
-    with atomic_dir(Path("models") / args.dataset / args.model) as partial:
+
+    def on_epoch(row: dict) -> None:
+        live.step = row["epoch"] - 1  # step = epoch - 1 also after a resume
+        for name in LOGGED:
+            live.log_metric(name, row[name])
+        live.next_step()
+
+    try:
+        result = fit(model, train_split, val_split, config, threshold=threshold, device=device,
+                     checkpoint=checkpoint, identity=identity, on_epoch=on_epoch)
+    except Diverged as error:
+        raise PipelineError(f"{error}; the last good epoch is kept in {checkpoint}; lower train.learning_rate "
+                            "or set train.grad_clip") from None
+    finally:
+        live.end()
+    with atomic_file(folder / "model.pt") as partial:
         torch.save({
             "model": args.model,
             "model_args": model_args,
             "state_dict": result.best_state,
             "best_epoch": result.best_epoch,
             "val_case_dice": result.best_val_dice,
+            "stopped_early": result.stopped_early,
             "train_params": config.model_dump(),
-            "data_meta": {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")},
-        }, partial / "model.pt")
-        result.history.to_csv(partial / "history.csv", index=False)
-    log.info("best epoch %d, val case Dice %.4f", result.best_epoch, result.best_val_dice)
+            "data_meta": data_meta,
+        }, partial)
+    log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
+             " (stopped early)" if result.stopped_early else "")
+
+
+def _open_live(folder: Path, checkpoint: Path, key: str):
+    """dvclive logger; continues the existing log when the checkpoint will be resumed, else starts clean."""
+    from dvclive import Live
+
+    resuming = matching_checkpoint(checkpoint, key) is not None
+    if not resuming and folder.exists():
+        shutil.rmtree(folder)
+    # dvcyaml=None: the plots are declared in our dvc.yaml; save_dvc_exp=False: DVC runs us, not the reverse
+    try:
+        return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+    except Exception as error:  # dvclive reads the git revision; a repository without commits has none
+        if "empty git repo" in str(error).lower():
+            raise PipelineError("dvclive needs a git repository with at least one commit; run `git commit` first") from None
+        raise
 
 
 if __name__ == "__main__":

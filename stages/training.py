@@ -1,11 +1,21 @@
-"""The training loop, on memory-mapped slice arrays."""
+"""The training loop: one straight function, resumable after a kill, on memory-mapped slices.
+
+Every epoch ends with a checkpoint (model, optimiser, scheduler, RNG states, best weights,
+history) written atomically. A rerun with the same settings continues from it; because each
+epoch's batch order and augmentation are seeded from (seed, epoch), a resumed run ends with the
+same weights as an uninterrupted one on CPU.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,27 +23,70 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stages.augment import Augmenter
+from stages.config import TrainParams
+from stages.fileio import atomic_file
 from stages.inference import predict_probabilities
-from stages.losses import bce_dice_loss
+from stages.losses import Loss
 from stages.metrics import confusion_counts, per_case_table, per_slice_table
 from stages.slices import SliceSet
 
 log = logging.getLogger("stages.training")
 
 
-def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches as float32 tensors; shuffled when `rng` is given. Rows are read sorted (fast on a memmap)."""
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and batch."""
+
+
+def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """float32 batches (B, C, H, W) and (B, K, H, W); shuffled when `rng` is given, rows read sorted (fast on a memmap)."""
     order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start:start + batch_size])
-        yield torch.from_numpy(images[rows].astype(np.float32)), torch.from_numpy(masks[rows].astype(np.float32))
+        yield images[rows].astype(np.float32), masks[rows].astype(np.float32)
+
+
+def case_scores(probabilities: np.ndarray, split: SliceSet, threshold: float) -> tuple[float, float]:
+    """Mean per-case Dice and IoU (cases scored as volumes) at `threshold`, averaged over targets."""
+    predicted = probabilities > threshold
+    tables = [per_case_table(per_slice_table(confusion_counts(predicted[:, k], split.masks[:, k]), split.index))
+              for k in range(split.masks.shape[1])]
+    return float(np.mean([t["dice"].mean() for t in tables])), float(np.mean([t["iou"].mean() for t in tables]))
 
 
 def case_dice(probabilities: np.ndarray, split: SliceSet, threshold: float) -> float:
-    """Mean per-case Dice (cases scored as volumes) at `threshold`, averaged over target channels."""
-    predicted = probabilities > threshold
-    return float(np.mean([per_case_table(per_slice_table(confusion_counts(predicted[:, k], split.masks[:, k]), split.index))["dice"].mean()
-                          for k in range(split.masks.shape[1])]))
+    return case_scores(probabilities, split, threshold)[0]
+
+
+def make_loss(config: TrainParams) -> Loss:
+    return Loss(config.loss, config.dice_weight, config.dice_smooth, config.dice_reduction,
+                config.focal_gamma, config.tversky_alpha, config.tversky_beta)
+
+
+def make_optimizer(model: nn.Module, config: TrainParams) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams, steps_per_epoch: int):
+    """The LR schedule; `onecycle` steps per batch, the others per epoch (plateau on validation Dice)."""
+    if config.schedule == "cosine":
+        warmup, total = config.warmup_epochs, config.epochs
+
+        def factor(epoch: int) -> float:  # epoch counts completed epochs
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, total - warmup)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,39 +95,131 @@ class TrainResult:
     best_epoch: int
     best_val_dice: float
     history: pd.DataFrame
+    stopped_early: bool
 
 
-def fit(model: nn.Module, train: SliceSet, val: SliceSet, *, epochs: int, batch_size: int, learning_rate: float,
-        dice_weight: float, threshold: float, seed: int, device: torch.device) -> TrainResult:
-    """Adam on BCE + Dice with random horizontal flips; keeps the weights of the best validation epoch.
+def fingerprint(config: TrainParams, extra: dict) -> str:
+    """What must match for a checkpoint to be resumed: every setting that changes the result."""
+    settings = config.model_dump(exclude={"models", "device", "num_threads"})
+    return json.dumps({**settings, **extra}, sort_keys=True, default=str)
 
-    Validation Dice is the mean per-case Dice at `threshold`, the same number evaluate reports.
+
+def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *, threshold: float,
+        device: torch.device, checkpoint: Path | None = None, identity: dict | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train with early stopping on validation Dice, keeping the best epoch's weights.
+
+    Validation Dice is the mean per-case Dice at `threshold`, the number evaluate reports.
+    With `checkpoint`, each epoch is saved there and a matching checkpoint is resumed.
+    `on_epoch` receives each epoch's row of the history (for dvclive).
     """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    history, best_dice, best_epoch, best_state = [], -1.0, 0, None
-    for epoch in range(1, epochs + 1):
+    steps = -(-len(train.images) // config.batch_size)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps)
+    loss_fn = make_loss(config)
+    augmenter = Augmenter(config.augment, config.seed)
+    key = fingerprint(config, identity or {})
+    history: list[dict] = []
+    best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
+
+    saved = matching_checkpoint(checkpoint, key)
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        history, best_dice, best_epoch, best_state, stale = (saved["history"], saved["best_dice"], saved["best_epoch"],
+                                                             saved["best_state"], saved["stale"])
+        start = saved["epoch"] + 1
+        log.info("resuming from %s after epoch %d", checkpoint, saved["epoch"])
+
+    stopped_early = bool(history) and config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
+    for epoch in range(start, config.epochs + 1):
+        if stopped_early:
+            break
         started = time.perf_counter()
+        # batch order, dropout and augmentation depend only on (seed, epoch): resumable bit for bit
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        random.seed(config.seed * 100_003 + epoch)
+        rng = np.random.default_rng([config.seed, epoch])
+        augment = augmenter.for_epoch(epoch) if augmenter.active else None
         model.train()
         losses = []
-        for images, masks in tqdm(batches(train.images, train.masks, batch_size, rng), total=-(-len(train.images) // batch_size),
-                                  desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
-            images, masks = images.to(device), masks.to(device)
-            flip = torch.rand(len(images), device=device) < 0.5  # left-right flip: brains are roughly symmetric
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            masks = torch.where(flip[:, None, None, None], masks.flip(-1), masks)
-            loss = bce_dice_loss(model(images), masks, dice_weight)
+        progress = tqdm(batches(train.images, train.masks, config.batch_size, rng), total=steps,
+                        desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for batch, (images, masks) in enumerate(progress, start=1):
+            if augment is not None:
+                images, masks = augment(images, masks)
+            images, masks = torch.from_numpy(images).to(device), torch.from_numpy(masks).to(device)
+            loss = loss_fn.deep(model(images), masks)
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at epoch {epoch}, batch {batch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if config.schedule == "onecycle":
+                scheduler.step()
             losses.append(loss.item())
-        val_dice = case_dice(predict_probabilities(model, val.images, device), val, threshold)
-        seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_case_dice": val_dice, "seconds": seconds})
-        log.info("epoch %d/%d: train loss %.4f, val case Dice %.4f (%.1f s)", epoch, epochs, np.mean(losses), val_dice, seconds)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        val_loss, val_dice, val_iou = _validate(model, val, loss_fn, threshold, device)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_case_dice": val_dice,
+               "val_case_iou": val_iou, "learning_rate": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        if config.schedule == "plateau":
+            scheduler.step(val_dice)
+        elif scheduler is not None and config.schedule != "onecycle":
+            scheduler.step()
         if val_dice > best_dice:
-            best_dice, best_epoch = val_dice, epoch
+            best_dice, best_epoch, stale = val_dice, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return TrainResult(best_state, best_epoch, best_dice, pd.DataFrame(history))
+        else:
+            stale += 1
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val case Dice %.4f (%.1f s)", epoch, config.epochs,
+                 row["train_loss"], val_loss, val_dice, row["seconds"])
+        stopped_early = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, key, epoch, model, optimizer, scheduler, history, best_dice, best_epoch, best_state, stale)
+        if on_epoch is not None:
+            on_epoch(row)
+        if stopped_early:
+            log.info("early stop: no validation gain in %d epochs; best epoch %d", stale, best_epoch)
+    return TrainResult(best_state, best_epoch, best_dice, pd.DataFrame(history), stopped_early)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, val: SliceSet, loss_fn: Loss, threshold: float, device: torch.device) -> tuple[float, float, float]:
+    probabilities = predict_probabilities(model, val.images, device)
+    # the loss on probabilities turned back into logits: one pass over the validation split
+    logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))
+    val_loss = float(loss_fn(logits, torch.from_numpy(val.masks.astype(np.float32))))
+    dice, iou = case_scores(probabilities, val, threshold)
+    return val_loss, dice, iou
+
+
+def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, history, best_dice, best_epoch,
+                     best_state, stale) -> None:
+    state = {"fingerprint": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": history,
+             "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state, "stale": stale,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+    with atomic_file(path) as partial:
+        torch.save(state, partial)
+
+
+def matching_checkpoint(path: Path | None, key: str) -> dict | None:
+    """The checkpoint at `path` if it was written with the same settings, else None (start fresh)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG states
+    except Exception as error:  # a damaged checkpoint only costs the resume
+        log.warning("%s: unreadable (%s); training from scratch", path, " ".join(str(error).split())[:120])
+        return None
+    if state.get("fingerprint") != key:
+        log.info("%s: written with other settings; training from scratch", path)
+        return None
+    return state

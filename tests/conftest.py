@@ -58,7 +58,7 @@ def tiny_params() -> dict:
         sample[dataset].update(cases=6, slices_per_case=4, size=32)
     params["data"]["datasets"] = ["brats2020", "tumor_coco"]  # the DVC-flow test trains on these two
     params["preprocess"]["size"] = 32
-    params["train"].update(epochs=2, base_channels=4, depth=2, batch_size=8)
+    params["train"].update(epochs=2, base_channels=4, depth=2, batch_size=4)
     params["report"]["worst_k"] = 2
     return params
 

@@ -73,7 +73,27 @@ BAD_PARAMS = {
     ),
     "unknown key, no close match": (
         setting("evaluate", "colour", "red"),
-        ["evaluate.colour: unknown key; expected one of: threshold"],
+        ["evaluate.colour: unknown key; expected one of: size_buckets, threshold, threshold_from, threshold_grid"],
+    ),
+    "threshold_from not a choice": (
+        setting("evaluate", "threshold_from", "auto"),
+        ["evaluate.threshold_from: input should be 'validation' or 'fixed' (got 'auto')"],
+    ),
+    "threshold grid not increasing": (
+        setting("evaluate", "threshold_grid", [0.5, 0.3]),
+        ["evaluate.threshold_grid: thresholds must increase, got [0.5, 0.3]"],
+    ),
+    "threshold grid value out of (0, 1)": (
+        setting("evaluate", "threshold_grid", [0.5, 1.0]),
+        ["evaluate.threshold_grid.1: input should be less than 1"],
+    ),
+    "size buckets without a 1.0 bound": (
+        setting("evaluate", "size_buckets", {"small": 0.1, "large": 0.5}),
+        ["evaluate.size_buckets: expected distinct bounds, the largest 1.0"],
+    ),
+    "size bucket named none": (
+        setting("evaluate", "size_buckets", {"none": 0.1, "large": 1.0}),
+        ["evaluate.size_buckets:", "no bucket named 'none'"],
     ),
     "unknown section": (
         lambda raw: raw.__setitem__("trian", {}),
@@ -116,7 +136,7 @@ BAD_PARAMS = {
     ),
     "unknown model": (
         setting("train", "models", ["unet", "vnet"]),
-        ["train.models.1:", "'unet' or 'resunet'", "'vnet'"],
+        ["train.models.1:", "'unet', 'resunet' or 'resnet34_unet'", "'vnet'"],
     ),
     "duplicate model": (setting("train", "models", ["unet", "unet"]), ["train.models: a model is listed twice"]),
     "display channel not a channel": (
@@ -235,3 +255,30 @@ def test_regions_target_is_valid_for_brats_datasets_only():
     raw = mutated(setting("preprocess", "target", "regions"))
     raw["data"]["datasets"] = ["brats2020", "brats2020_nifti"]
     assert parse_params(raw).preprocess.target == "regions"
+
+
+@pytest.mark.parametrize("train, fragment", [
+    ({"deep_supervision": True, "depth": 1}, "train.deep_supervision: needs train.depth >= 2"),
+    ({"deep_supervision": True, "models": ["unet", "resnet34_unet"]}, "train.deep_supervision: not available for resnet34_unet"),
+    ({"encoder_weights": "/no/such/resnet34.pth", "models": ["resnet34_unet"]}, "train.encoder_weights: file /no/such/resnet34.pth not found"),
+    ({"schedule": "cosine", "warmup_epochs": 20, "epochs": 20}, "train.warmup_epochs: 20 leaves no epoch"),
+    ({"models": ["resnet34_unet"], "depth": 2}, None),  # valid: size 64 is divisible by 32
+])
+def test_training_options_that_cannot_work_together_stop_before_training(train, fragment):
+    raw = copy.deepcopy(RAW)
+    raw["train"].update(train)
+    if fragment is None:
+        parse_params(raw)
+        return
+    with pytest.raises(PipelineError) as error:
+        parse_params(raw)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_encoder_weights_need_the_resnet_model(tmp_path):
+    weights = tmp_path / "resnet34.pth"
+    weights.write_bytes(b"x")
+    raw = copy.deepcopy(RAW)
+    raw["train"].update(encoder_weights=str(weights), models=["unet"])
+    with pytest.raises(PipelineError, match="train.encoder_weights: only resnet34_unet uses encoder weights"):
+        parse_params(raw)

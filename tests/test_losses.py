@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +124,63 @@ def test_gradient_finite_on_empty_target(loss_fn):
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all()
     assert (logits.grad > 0).all()  # nothing to find: every logit should go down
+
+
+# --- the loss family chosen by params ---------------------------------------------------------
+
+def _random_pair(seed: int = 0, shape=(2, 3, 8, 8)):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator), (torch.rand(shape, generator=generator) > 0.6).float()
+
+
+def test_tversky_with_equal_weights_and_no_smoothing_is_soft_dice():
+    from stages.losses import soft_dice_loss, tversky_loss
+
+    logits, target = _random_pair()
+    torch.testing.assert_close(tversky_loss(logits, target, 0.5, 0.5, smooth=0.0), soft_dice_loss(logits, target, smooth=0.0))
+
+
+def test_tversky_beta_penalises_missed_tumor_more():
+    from stages.losses import tversky_loss
+
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :] = 1
+    miss = torch.full((1, 1, 4, 4), -10.0)  # predicts nothing: 8 false negatives
+    alarm = torch.full((1, 1, 4, 4), 10.0)  # predicts everything: 8 false positives
+    assert tversky_loss(miss, target, 0.3, 0.7) > tversky_loss(alarm, target, 0.3, 0.7)
+
+
+def test_focal_with_gamma_zero_is_bce_and_gamma_down_weights_easy_pixels():
+    from stages.losses import focal_loss
+
+    logits, target = _random_pair(1)
+    torch.testing.assert_close(focal_loss(logits, target, 0.0), F.binary_cross_entropy_with_logits(logits, target))
+    assert focal_loss(logits, target, 2.0) < focal_loss(logits, target, 0.0)
+
+
+def test_dice_batch_reduction_pools_pixels_of_the_batch():
+    from stages.losses import soft_dice_loss
+
+    logits = torch.tensor([[[[10.0, -10.0]]], [[[-10.0, -10.0]]]])  # image 0 right, image 1 predicts nothing
+    target = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
+    # per image: image 0 Dice ~1, image 1 Dice ~(0+1)/(1+1) = 0.5 with smooth 1 -> loss ~0.25
+    assert soft_dice_loss(logits, target, 1.0, "image").item() == pytest.approx(0.25, abs=1e-3)
+    # pooled: tp 1, fp 0, fn 1 -> Dice (2+1)/(3+1) = 0.75 -> loss 0.25 too; without smoothing 2/3 -> 1/3
+    assert soft_dice_loss(logits, target, 0.0, "batch").item() == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_deep_supervision_loss_weights_halve_per_level():
+    from stages.losses import Loss
+
+    loss = Loss("bce")
+    target = torch.ones(1, 1, 4, 4)
+    outputs = [torch.zeros(1, 1, 4, 4), torch.full((1, 1, 2, 2), 10.0)]  # BCE log 2, then ~0
+    expected = (1.0 * math.log(2) + 0.5 * loss(outputs[1], torch.ones(1, 1, 2, 2)).item()) / 1.5
+    assert loss.deep(outputs, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_unknown_loss_name_lists_the_valid_ones():
+    from stages.losses import Loss
+
+    with pytest.raises(ValueError, match="unknown loss 'dicee'; expected one of"):
+        Loss("dicee")

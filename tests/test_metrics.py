@@ -246,3 +246,180 @@ def test_random_masks_match_set_based_reference():
     expected = _reference_scores(_pixels(prediction), _pixels(truth))
     for name in METRICS:
         assert pooled[name] == pytest.approx(expected[name]), name
+
+
+# --- specificity, HD95, size difference ------------------------------------------------------
+
+from stages.metrics import (BRATS_LEGACY_HD95, bucket_summary, counts_at_thresholds, dice_conventions,  # noqa: E402
+                            evaluate_targets, hd95, per_case_metrics, per_slice_metrics, precision_recall_curve,
+                            size_bucket, specificity, threshold_sweep)
+
+
+@pytest.mark.parametrize(
+    "tp, fp, fn, pixels, expected",
+    [
+        (2, 1, 1, 10, 6 / 7),  # tn = 10 - 4 = 6; 6 / (6 + 1)
+        (0, 0, 0, 9, 1.0),  # both empty: 1
+        (0, 3, 0, 9, 6 / 9),  # false alarm of 3 in 9 pixels
+        (0, 0, 4, 9, 1.0),  # a miss costs no specificity: tn 5, fp 0
+        (4, 0, 0, 4, 0.0),  # tumor everywhere, nothing negative to find: 0/0 -> 0 (convention)
+        (1, 0, 0, 1, 0.0),  # a single pixel image that is all tumor, found
+    ],
+)
+def test_specificity_hand_computed(tp, fp, fn, pixels, expected):
+    result = specificity(np.array([[tp, fp, fn]]), np.array([pixels]))
+    assert result.dtype == np.float64 and result[0] == pytest.approx(expected, abs=1e-12)
+
+
+def _points(shape, *pixels) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for pixel in pixels:
+        mask[pixel] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "prediction, truth, expected",
+    [
+        # single pixels 3 down, 4 across: 5 both ways
+        (_points((8, 8), (0, 0)), _points((8, 8), (3, 4)), 5.0),
+        # identical: 0
+        (_points((8, 8), (2, 2), (2, 3)), _points((8, 8), (2, 2), (2, 3)), 0.0),
+        # both empty: 0
+        (_points((6, 8)), _points((6, 8)), 0.0),
+        # one empty: the diagonal of the 6 x 8 image, 10, either way round
+        (_points((6, 8)), _points((6, 8), (1, 1)), 10.0),
+        (_points((6, 8), (1, 1)), _points((6, 8)), 10.0),
+        # an outlier: prediction->truth distances [0, 10] -> 95th percentile 9.5 (linear), truth->prediction [0];
+        # the larger directed percentile is 9.5 (medpy, pooling [0, 0, 10] first, would say 9.0)
+        (_points((1, 11), (0, 0), (0, 10)), _points((1, 11), (0, 0)), 9.5),
+        # a full 3 x 3 image vs its centre: the edge of the array is outside, so the 8 rim pixels are
+        # surface; 4 at distance 1 and 4 at sqrt(2) -> 95th percentile sqrt(2); centre -> rim 1
+        (np.ones((3, 3), bool), _points((3, 3), (1, 1)), np.sqrt(2)),
+        # stacked slices (z, y, x): a pixel on slice 0 vs the same pixel on slice 1 -> 1
+        (_points((2, 4, 4), (0, 2, 2)), _points((2, 4, 4), (1, 2, 2)), 1.0),
+        # a volume with one side empty: the diagonal of 2 x 4 x 4 = 6
+        (_points((2, 4, 4)), _points((2, 4, 4), (1, 2, 2)), 6.0),
+    ],
+)
+def test_hd95_hand_computed(prediction, truth, expected):
+    assert hd95(prediction, truth) == pytest.approx(expected, abs=1e-12)
+
+
+def test_hd95_spacing_scales_distances_and_the_empty_diagonal():
+    prediction, truth = _points((2, 4, 4), (0, 2, 2)), _points((2, 4, 4), (1, 2, 2))
+    assert hd95(prediction, truth, spacing=(2.5, 1.0, 1.0)) == pytest.approx(2.5)
+    # diagonal of 2*3 x 4*1 x 4*1 = sqrt(36 + 16 + 16)
+    assert hd95(_points((2, 4, 4)), truth, spacing=(3.0, 1.0, 1.0)) == pytest.approx(np.sqrt(68))
+    with pytest.raises(ValueError, match="spacing"):
+        hd95(prediction, truth, spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="shape"):
+        hd95(prediction, truth[0])
+
+
+def test_per_slice_and_per_case_metrics_add_surface_and_size_columns():
+    prediction, truth, index = _case_example()
+    per_slice = per_slice_metrics(prediction, truth, index)
+    assert list(per_slice.pixels) == [12] * 4
+    assert list(per_slice.tn) == [11, 2, 12, 10]
+    np.testing.assert_allclose(per_slice.specificity, [1, 1, 1, 10 / 12])
+    # slice 1: truth 10 px, predicted 1 of them -> -9 px, -0.9; slices 2, 3: no truth -> NaN fraction
+    assert list(per_slice.area_difference_px) == [0, -9, 0, 2]
+    np.testing.assert_allclose(per_slice.area_difference_fraction, [0, -0.9, np.nan, np.nan])
+    # slice 0 perfect: 0; slice 2 both empty: 0; slice 3 truth empty: diagonal of 3 x 4 = 5
+    assert per_slice.hd95_px[0] == 0 and per_slice.hd95_px[2] == 0 and per_slice.hd95_px[3] == pytest.approx(5.0)
+    per_case = per_case_metrics(prediction, truth, per_slice)
+    assert list(per_case.case_id) == ["a", "b"] and list(per_case.pixels) == [12, 36]
+    assert list(per_case.volume_difference_px) == [2, -9]
+    np.testing.assert_allclose(per_case.volume_difference_fraction, [np.nan, -9 / 11])
+    # case a is one slice with no truth: diagonal of the 1 x 3 x 4 volume
+    assert per_case.hd95_px[0] == pytest.approx(np.sqrt(1 + 9 + 16))
+    assert per_case.hd95_px[1] == pytest.approx(hd95(prediction[:3], truth[:3]))
+
+
+def test_per_case_hd95_stacks_slices_in_slice_index_order():
+    truth = _points((3, 5, 5), (0, 2, 2), (1, 2, 2), (2, 2, 2))
+    prediction = truth.copy()
+    prediction[2] = False  # the slice with slice_index 30 is missed ...
+    index = pd.DataFrame({"case_id": ["c"] * 3, "slice_index": [10, 30, 20]})
+    per_case = per_case_metrics(prediction, truth, per_slice_metrics(prediction, truth, index))
+    # ... stacked by slice_index the rows are 10, 20, 30 -> truth z 0..2, prediction z 0 and 2 (row 2 is slice 20):
+    # prediction->truth all 0; truth->prediction [0, 1 (the middle slice), 0] -> 95th percentile 0.9
+    assert per_case.hd95_px[0] == pytest.approx(0.9)
+
+
+# --- conventions, buckets, thresholds ---------------------------------------------------------
+
+def test_dice_conventions_hand_computed():
+    # both empty / truth empty, 3 predicted / prediction empty, 2 true / dice 2/3
+    per_case = pd.DataFrame({"tp": [0, 0, 0, 2], "fp": [0, 3, 0, 1], "fn": [0, 0, 2, 1],
+                             "hd95_px": [0.0, 50.0, 50.0, 4.0]})
+    result = dice_conventions(per_case)
+    assert result["ours"] == pytest.approx((1 + 0 + 0 + 2 / 3) / 4)
+    assert result["brats_legacy"] == result["ours"]
+    assert result["nnunet"] == pytest.approx((0 + 0 + 2 / 3) / 3)  # both-empty case skipped
+    assert result["monai_ignore_empty"] == pytest.approx((0 + 2 / 3) / 2)  # every empty-truth case skipped
+    from stages.metrics import brats_legacy_hd95
+    assert brats_legacy_hd95(per_case) == pytest.approx((0 + 2 * BRATS_LEGACY_HD95 + 4) / 4)
+    only_empty = dice_conventions(per_case.iloc[:1])
+    assert only_empty["nnunet"] is None and only_empty["monai_ignore_empty"] is None and only_empty["ours"] == 1.0
+
+
+def test_size_buckets_hand_computed():
+    per_slice = pd.DataFrame({"truth_pixels": [0, 0, 1, 2, 5, 50], "predicted_pixels": [0, 3, 0, 2, 4, 40],
+                              "pixels": [100] * 6, "dice": [1.0, 0.0, 0.0, 1.0, 0.8, 0.9]})
+    bounds = {"tiny": 0.01, "small": 0.02, "large": 1.0}
+    # fraction 0.01 is tiny and 0.02 small: the bounds are inclusive
+    assert list(size_bucket(per_slice, bounds)) == ["none", "none", "tiny", "small", "large", "large"]
+    result = bucket_summary(per_slice, bounds)
+    assert result["none"] == {"slices": 2, "false_alarm_rate": 0.5}
+    assert result["tiny"] == {"slices": 1, "dice": 0.0, "miss_rate": 1.0}
+    assert result["small"] == {"slices": 1, "dice": 1.0, "miss_rate": 0.0}
+    assert result["large"]["slices"] == 2 and result["large"]["dice"] == pytest.approx(0.85) and result["large"]["miss_rate"] == 0.0
+    empty = bucket_summary(per_slice.iloc[:2], bounds)
+    assert empty["tiny"] == {"slices": 0, "dice": None, "miss_rate": None}
+
+
+def test_counts_at_thresholds_equal_confusion_counts_at_each_threshold():
+    rng = np.random.default_rng(5)
+    probabilities = rng.random((7, 6, 5)).astype(np.float32)
+    probabilities[0, 0, :3] = [0.25, 0.5, 0.75]  # exactly on a threshold: not predicted (p > t)
+    truth = rng.random((7, 6, 5)) < 0.4
+    thresholds = np.array([0.0, 0.25, 0.5, 0.75, 0.999])
+    counts = counts_at_thresholds(probabilities, truth, thresholds, chunk=3)
+    assert counts.shape == (7, 5, 3) and counts.dtype == np.int64
+    for j, threshold in enumerate(thresholds):
+        np.testing.assert_array_equal(counts[:, j], confusion_counts(probabilities > threshold, truth))
+    with pytest.raises(ValueError, match="increase"):
+        counts_at_thresholds(probabilities, truth, np.array([0.5, 0.2]))
+
+
+def test_threshold_sweep_and_pr_curve_hand_computed():
+    probabilities = np.array([0.9, 0.6, 0.3, 0.1]).reshape(1, 1, 2, 2)
+    truth = np.array([1, 1, 0, 0]).reshape(1, 1, 2, 2)
+    index = pd.DataFrame({"case_id": ["c"], "slice_index": [0]})
+    sweep = threshold_sweep(probabilities, truth, index, [0.2, 0.5, 0.8])
+    # 0.2: 3 predicted, tp 2 fp 1 -> 4/5; 0.5: exact -> 1; 0.8: tp 1 fn 1 -> 2/3
+    np.testing.assert_allclose(sweep.case_dice, [4 / 5, 1, 2 / 3])
+    curve = precision_recall_curve(probabilities[:, 0], truth[:, 0], np.array([0.2, 0.5, 0.8]))
+    np.testing.assert_allclose(curve.precision, [2 / 3, 1, 1])
+    np.testing.assert_allclose(curve.recall, [1, 1, 1 / 2])
+
+
+def test_evaluate_targets_summary_is_compact_and_per_target_with_regions():
+    prediction, truth, index = _case_example()
+    stacked_prediction = np.stack([prediction, prediction], axis=1)
+    stacked_truth = np.stack([truth, np.zeros_like(truth)], axis=1)
+    bounds = {"small": 0.5, "large": 1.0}
+    per_slice, per_case, metrics = evaluate_targets(stacked_prediction, stacked_truth, index, ["WT", "ET"], size_buckets=bounds)
+    assert list(per_slice.target) == ["WT"] * 4 + ["ET"] * 4 and "size_bucket" in per_slice
+    assert set(metrics["targets"]) == {"WT", "ET"} and "size_buckets" in metrics["targets"]["WT"]
+    for group in ("per_case", "per_slice", "pooled", "dice_conventions"):
+        for key, value in metrics[group].items():
+            values = [metrics["targets"][t][group][key] for t in ("WT", "ET")]
+            values = [v for v in values if v is not None]
+            assert value == pytest.approx(np.mean(values) if values else None), (group, key)
+    single = evaluate_targets(prediction[:, None], truth[:, None], index, ["whole_tumor"], size_buckets=bounds)[2]
+    assert "targets" not in single and single["size_buckets"]["small"]["slices"] == 1
+    assert single["per_case"]["dice"] == pytest.approx(2 / 13)  # unchanged headline (test_summary_hand_computed)
+    assert single["per_case"]["hd95_px"] == pytest.approx(np.mean(per_case[per_case.target == "WT"].hd95_px))

@@ -8,9 +8,10 @@ import torch
 from stages.cli import PipelineError
 from stages.losses import bce_dice_loss
 from stages.models import MODELS, create_model, load_checkpoint
+from stages.models.resnet_unet import ResNet34UNet
 from stages.models.unet import ResUNet, UNet
 
-MODEL_NAMES = sorted(MODELS)
+MODEL_NAMES = ["resunet", "unet"]  # the configurable-depth family; resnet34_unet has its own tests below
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +25,8 @@ def one_thread_and_restored_rng():
     torch.set_num_threads(threads)
 
 
-def test_registry_names_the_two_architectures():
-    assert MODELS == {"unet": UNet, "resunet": ResUNet}
+def test_registry_names_the_architectures():
+    assert MODELS == {"unet": UNet, "resunet": ResUNet, "resnet34_unet": ResNet34UNet}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -242,3 +243,72 @@ def test_load_checkpoint_directory_instead_of_file(tmp_path):
     with pytest.raises(PipelineError, match="not a checkpoint") as error:
         load_checkpoint(tmp_path)
     assert str(tmp_path) in str(error.value)
+
+
+# --- options: normalisation, dropout, deep supervision ------------------------------------------
+
+@pytest.mark.parametrize("norm, layer", [("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d),
+                                         ("group", torch.nn.GroupNorm)])
+def test_norm_option_picks_the_layer(norm, layer):
+    model = create_model("unet", in_channels=2, base_channels=4, depth=2, norm=norm)
+    kinds = {type(m) for m in model.modules()}
+    assert layer in kinds and not ({torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm} - {layer}) & kinds
+
+
+def test_dropout_option_adds_channel_dropout():
+    assert any(isinstance(m, torch.nn.Dropout2d) for m in create_model("resunet", in_channels=1, dropout=0.3).modules())
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in create_model("resunet", in_channels=1).modules())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_deep_supervision_adds_coarser_outputs_in_training_only(name):
+    model = create_model(name, in_channels=2, out_channels=3, base_channels=4, depth=3, deep_supervision=True)
+    outputs = model.train()(torch.zeros(2, 2, 32, 32))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 32), (2, 3, 16, 16), (2, 3, 8, 8)]
+    assert tuple(model.eval()(torch.zeros(2, 2, 32, 32)).shape) == (2, 3, 32, 32)
+
+
+def test_deep_supervision_with_depth_one_is_refused():
+    with pytest.raises(ValueError, match="deep supervision needs depth >= 2"):
+        create_model("unet", in_channels=1, depth=1, deep_supervision=True)
+
+
+# --- resnet34_unet ----------------------------------------------------------------------------
+
+# torchvision's resnet34 has 21,797,672 parameters; its fc layer (512 x 1000 + 1000) is not part of the encoder
+RESNET34_ENCODER_PARAMETERS = 21_797_672 - 513_000
+
+
+def test_resnet34_encoder_matches_torchvision_resnet34():
+    model = create_model("resnet34_unet", in_channels=3)
+    assert sum(p.numel() for p in model.encoder.parameters()) == RESNET34_ENCODER_PARAMETERS
+    keys = set(model.encoder.state_dict())
+    assert {"conv1.weight", "bn1.running_var", "layer1.2.conv2.weight", "layer2.0.downsample.0.weight",
+            "layer3.5.bn2.bias", "layer4.2.conv2.weight"} <= keys and "layer3.6.conv1.weight" not in keys
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 4])
+def test_resnet34_unet_loads_torchvision_format_weights_for_any_channel_count(tmp_path, in_channels):
+    source = create_model("resnet34_unet", in_channels=3).encoder.state_dict()
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.items()}
+    state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})  # as torchvision saves it
+    torch.save(state, tmp_path / "resnet34.pth")
+    model = create_model("resnet34_unet", in_channels=in_channels, out_channels=2, encoder_weights=str(tmp_path / "resnet34.pth"))
+    loaded = model.encoder.state_dict()
+    assert torch.equal(loaded["layer3.1.conv1.weight"], state["layer3.1.conv1.weight"])
+    # the RGB filters averaged and spread over the channels: their sum over channels is kept
+    torch.testing.assert_close(loaded["conv1.weight"].sum(dim=1), state["conv1.weight"].sum(dim=1))
+    assert tuple(model.eval()(torch.zeros(1, in_channels, 64, 64)).shape) == (1, 2, 64, 64)
+
+
+def test_resnet34_unet_refuses_weights_of_another_architecture(tmp_path):
+    state = create_model("resnet34_unet", in_channels=3).encoder.state_dict()
+    del state["layer3.5.conv1.weight"]  # a resnet18-like file lacks the deeper blocks
+    torch.save(state, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other\.pth: not a torchvision resnet34 state dict \(missing"):
+        create_model("resnet34_unet", in_channels=3, encoder_weights=str(tmp_path / "other.pth"))
+
+
+def test_resnet34_unet_input_must_be_divisible_by_32():
+    with pytest.raises(ValueError, match=r"\(48, 48\) is not divisible by the encoder's total stride = 32; pad or resize to \(64, 64\)"):
+        create_model("resnet34_unet", in_channels=1).eval()(torch.zeros(1, 1, 48, 48))

@@ -7,10 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.config import parse_params
 from stages.inference import pick_device, predict_probabilities
 from stages.models import create_model
 from stages.slices import SliceSet
 from stages.training import case_dice, fit
+from tests.conftest import default_params
+
+
+def train_config(**overrides):
+    raw = default_params()
+    raw["train"].update(overrides)
+    return parse_params(raw).train
 
 
 def circles(count: int, seed: int, size: int = 32) -> SliceSet:
@@ -35,8 +43,8 @@ def test_fit_learns_circles_and_keeps_the_best_epoch(device):
     train, val = circles(48, seed=1), circles(16, seed=2)
     model = create_model("unet", in_channels=1, base_channels=8, depth=2)
     before = case_dice(predict_probabilities(model, val.images, torch.device("cpu")), val, 0.5)
-    result = fit(model, train, val, epochs=6, batch_size=8, learning_rate=0.01, dice_weight=0.5,
-                 threshold=0.5, seed=0, device=torch.device(device))
+    config = train_config(epochs=6, batch_size=8, learning_rate=0.01, dice_weight=0.5, seed=0)
+    result = fit(model, train, val, config, threshold=0.5, device=torch.device(device))
     assert list(result.history.epoch) == [1, 2, 3, 4, 5, 6]
     assert result.best_val_dice == result.history.val_case_dice.max()
     assert result.best_epoch == int(result.history.val_case_dice.idxmax()) + 1
@@ -52,3 +60,41 @@ def test_cuda_requested_without_gpu_is_an_error_naming_the_param(monkeypatch):
     with pytest.raises(RuntimeError, match="train.device"):
         pick_device("cuda")
     assert pick_device("auto") == torch.device("cpu")
+
+
+def test_early_stopping_stops_after_patience_epochs_without_gain():
+    train, val = circles(16, seed=1), circles(8, seed=2)
+    model = create_model("unet", in_channels=1, base_channels=4, depth=2)
+    # a learning rate too small to move validation Dice: only epoch 1 counts as a gain
+    config = train_config(epochs=20, batch_size=8, learning_rate=1e-9, early_stopping_patience=2, optimizer="sgd", momentum=0.0)
+    result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
+    assert result.stopped_early and result.best_epoch == 1 and len(result.history) == 3
+
+
+@pytest.mark.parametrize("schedule, warmup, expected", [
+    ("constant", 0, [0.01, 0.01, 0.01, 0.01]),
+    # cosine after one warm-up epoch: 0.01 * (1/2), then 0.5 * (1 + cos(pi * k / 3)) for k = 0, 1, 2
+    ("cosine", 1, [0.005, 0.01, 0.0075, 0.0025]),
+])
+def test_learning_rate_schedule_per_epoch(schedule, warmup, expected):
+    train, val = circles(8, seed=1), circles(4, seed=2)
+    model = create_model("unet", in_channels=1, base_channels=4, depth=2)
+    config = train_config(epochs=4, batch_size=8, learning_rate=0.01, schedule=schedule, warmup_epochs=warmup)
+    result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
+    np.testing.assert_allclose(result.history.learning_rate, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"optimizer": "adamw", "weight_decay": 0.01, "grad_clip": 1.0},
+    {"optimizer": "sgd", "learning_rate": 0.05, "schedule": "onecycle"},
+    {"schedule": "plateau", "plateau_patience": 1, "loss": "focal_tversky"},
+    {"loss": "focal", "norm": "group", "dropout": 0.2},
+    {"loss": "dice", "dice_reduction": "batch", "deep_supervision": True, "norm": "instance"},
+])
+def test_every_training_option_trains(overrides):
+    train, val = circles(16, seed=1), circles(8, seed=2)
+    config = train_config(epochs=2, batch_size=8, **overrides)
+    model = create_model("resunet", in_channels=1, base_channels=4, depth=2, norm=config.norm,
+                         dropout=config.dropout, deep_supervision=config.deep_supervision)
+    result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
+    assert len(result.history) == 2 and np.isfinite(result.history.train_loss).all()

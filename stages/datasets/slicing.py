@@ -1,6 +1,6 @@
 """Raw archive layout -> per-split slice arrays: the `preprocess` stage's library.
 
-Cases (patients) are read in parallel worker processes, each reduced to its kept, normalised,
+Cases (patients) are read in parallel worker processes (preprocess.workers), each reduced to its kept, normalised,
 fitted slices, and streamed to disk; memory holds a few cases at a time whatever the dataset's
 size. The split is decided once every case is known (stratified by tumor presence), then the
 rows are copied, case by case, into the split folders.
@@ -14,6 +14,9 @@ import multiprocessing
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +111,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     rows: dict[int, tuple[int, int]] = {}
     skipped: list[dict[str, str]] = []
     slices_read = 0
-    with _pool(workers) as pool:
-        results = pool.imap(prepare_case, jobs) if pool else map(prepare_case, jobs)
+    with _executor(workers) as executor:
+        results = executor.map(prepare_case, jobs) if executor else map(prepare_case, jobs)
         for prepared in tqdm(results, total=len(jobs), desc=f"preprocess {dataset}", unit="case"):
             if prepared.skipped:
                 log.warning("skipped (preprocess.on_bad_file=skip): %s", prepared.skipped)
@@ -189,21 +192,20 @@ def _assign_splits(kept: list[Prepared], has_tumor: dict[str, bool], params: Par
     return [by_case[i] for i in ids], f"patient (case), seeded{stratified}"
 
 
-class _pool:
-    """A fork-based process pool for more than one worker, else nothing (work runs inline)."""
+@contextmanager
+def _executor(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for more than one worker, else None (work runs inline).
 
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-
-    def __enter__(self):
-        if self.workers > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(self.workers)
-        return self.pool
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.terminate() if exc[0] else self.pool.close()
-            self.pool.join()
-        return False
+    forkserver starts workers from a clean process, so no thread or lock state of this one
+    (tqdm, logging, OpenCV's pools) is inherited half-held; on an error the queued cases are
+    cancelled and the workers stopped.
+    """
+    if workers <= 1:
+        yield None
+        return
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)

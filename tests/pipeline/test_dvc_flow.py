@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,6 @@ def sh(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the pipeline (code, dvc.yaml, DVC config) with tiny params, committed after `dvc repro`."""
-    from tests.conftest import tiny_params
-
     root = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
@@ -44,6 +43,8 @@ def project(tmp_path_factory) -> Path:
     sh(root, "git", "config", "user.email", "test@example.invalid")
     sh(root, "dvc", "init", "-q")
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "pipeline")  # as in a clone: dvclive reads the current revision
     sh(root, "dvc", "repro")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "baseline")
@@ -59,10 +60,23 @@ def test_repro_writes_metrics_for_every_dataset_and_model(project):
         for model in ("unet", "resunet"):
             metrics = json.loads((project / "metrics" / dataset / f"{model}.json").read_text())
             for group in ("per_case", "per_slice", "pooled"):
-                assert set(metrics[group]) == {"dice", "iou", "precision", "recall"}
-                assert all(0.0 <= v <= 1.0 for v in metrics[group].values())
+                assert {"dice", "iou", "precision", "recall", "specificity"} <= set(metrics[group])
+                assert all(0.0 <= metrics[group][m] <= 1.0 for m in ("dice", "iou", "precision", "recall", "specificity"))
             assert (project / "reports" / dataset / model / "worst_cases.png").stat().st_size > 10_000
+            assert {"specificity", "hd95_px"} <= set(metrics["per_case"]) and metrics["hd95_unit"] == "px"
+            assert set(metrics["dice_conventions"]) == {"ours", "nnunet", "brats_legacy", "monai_ignore_empty"}
+            assert metrics["threshold_from"] == "validation" and metrics["threshold"] in tiny_params()["evaluate"]["threshold_grid"]
+            assert "none" in metrics["size_buckets"]
+            for name in ("missed_tumors.png", "false_alarms.png", "best_cases.png", "analysis.png",
+                         "dice_vs_size.csv", "case_dice.csv", "pr_curve.csv", "evaluation/per_case.csv"):
+                assert (project / "reports" / dataset / model / name).is_file(), name
     assert "up to date" in sh(project, "dvc", "status").stdout.lower() or sh(project, "dvc", "status").stdout.strip() == ""
+
+
+def test_plots_show_renders_one_html_page(project, tmp_path):
+    sh(project, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "Dice vs true tumor area" in page and "worst_cases.png" in page  # a data plot (vega) and an image
 
 
 def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
@@ -90,3 +104,21 @@ def test_mistyped_set_param_is_refused(project):
     assert result.returncode != 0
     assert "train.epochz: unknown key; did you mean 'epochs'?" in result.stdout + result.stderr
     sh(project, "git", "checkout", "-q", "--", "params.yaml")
+
+
+def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
+    for setting in ("train.epochs=3", "train.learning_rate=0.01"):
+        sh(project, "dvc", "exp", "run", "--queue", "--set-param", setting)
+    sh(project, "dvc", "queue", "start", "--jobs", "1")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh(project, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
+    assert "0.01" in text and text.count("per_case") >= 3  # baseline and both experiments carry metrics
+    sh(project, "dvc", "queue", "stop", check=False)

@@ -171,3 +171,15 @@ def test_own_folder_is_copied_in_for_non_sample_source(project, params_dict, tmp
     (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
     result = run(project, "stages.download", "--dataset", "folder")
     assert result.returncode == 1 and "data.folder.path" in result.stderr
+
+
+def test_batch_larger_than_the_training_split_stops_before_training(project, params_dict):
+    params_dict["train"]["batch_size"] = 500
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for stage in ("stages.download", "stages.preprocess"):
+        assert run(project, stage, "--dataset", "tumor_coco").returncode == 0
+    result = run(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: params.yaml: train.batch_size: 500 is larger than the 6 training "
+                                     "slices of tumor_coco; lower it")
+    assert not (project / "models").exists() or not list((project / "models").rglob("*.pt"))

@@ -1,0 +1,101 @@
+"""A training killed part-way resumes from its checkpoint and ends exactly as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ENV = {**os.environ, "TQDM_DISABLE": "1"}
+
+
+def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def projects(tmp_path, params_dict) -> tuple[Path, Path]:
+    params_dict["train"].update(epochs=40, base_channels=8, batch_size=2, schedule="cosine", warmup_epochs=2)
+    params_dict["train"]["augment"].update(affine=0.5, noise=0.3)  # resumed augmentation must match too
+    params_dict["data"]["datasets"] = ["tumor_coco"]
+    first = tmp_path / "uninterrupted"
+    first.mkdir()
+    (first / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for name in ("stages.download", "stages.preprocess"):
+        assert stage(first, name, "--dataset", "tumor_coco").returncode == 0
+    second = tmp_path / "killed"
+    shutil.copytree(first, second)
+    return first, second
+
+
+def test_killed_training_resumes_to_the_same_weights_and_log(projects):
+    uninterrupted, killed = projects
+    result = stage(uninterrupted, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 0, result.stderr
+
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "--dataset", "tumor_coco", "--model", "unet"],
+                               cwd=killed, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    live = killed / "dvclive/tumor_coco/unet/metrics.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if json.loads(live.read_text())["step"] >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # no clean-up of any kind: like a lost machine or the OOM killer
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "models/tumor_coco/unet/model.pt").exists()
+    saved = torch.load(killed / "models/tumor_coco/unet/checkpoint.pt", weights_only=False)
+    assert 3 <= saved["epoch"] < 40
+
+    result = stage(killed, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from models/tumor_coco/unet/checkpoint.pt after epoch {saved['epoch']}" in result.stderr
+    a = torch.load(uninterrupted / "models/tumor_coco/unet/model.pt", weights_only=True)
+    b = torch.load(killed / "models/tumor_coco/unet/model.pt", weights_only=True)
+    assert a["best_epoch"] == b["best_epoch"] and a["val_case_dice"] == b["val_case_dice"]
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    log_a = (uninterrupted / "dvclive/tumor_coco/unet/plots/metrics/val_case_dice.tsv").read_text().splitlines()
+    log_b = (killed / "dvclive/tumor_coco/unet/plots/metrics/val_case_dice.tsv").read_text().splitlines()
+    assert log_b[-1] == log_a[-1] and log_a[-1].startswith("39\t")  # the resumed log ends where the uninterrupted one does
+
+
+def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(projects):
+    import re
+
+    import numpy as np
+
+    project, _ = projects
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(epochs=5, schedule="constant")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    images = project / "data/slices/tumor_coco/train/images.npy"
+    array = np.load(images)
+    array[0, 0, 0, 0] = np.nan  # a NaN input gives a NaN loss in whichever batch holds slice 0
+    np.save(images, array)
+    result = stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"error: loss became nan at epoch (\d+), batch (\d+); the last good epoch is kept in "
+                         r"models/tumor_coco/unet/checkpoint.pt; lower train.learning_rate or set train.grad_clip", line)
+    assert match, line
+    checkpoint = project / "models/tumor_coco/unet/checkpoint.pt"
+    epoch = int(match[1])
+    if epoch > 1:
+        assert torch.load(checkpoint, weights_only=False)["epoch"] == epoch - 1
+    else:
+        assert not checkpoint.exists()
+    assert not (project / "models/tumor_coco/unet/model.pt").exists()
