@@ -7,6 +7,8 @@ are uint8 (S, K, H, W), one 0/1 channel per labelled sub-region.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -149,3 +151,64 @@ def split_cases(case_ids: list[str], fractions: dict[str, float], seed: int,
     if len(set(assignment.values())) < len(names):
         raise ValueError(f"{len(unique)} cases are too few for split fractions {fractions}")
     return assignment
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How images become model input; recorded in meta.json and in every model file."""
+
+    size: int
+    normalization: str
+    percentiles: tuple[float, float]
+    brain_threshold: float
+    crop_to_brain: bool
+    crop_margin: int
+    fit: str
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Settings":
+        """From a slices meta.json (or the `data_meta` a model file carries)."""
+        norm, geometry = meta["normalization"], meta["geometry"]
+        return cls(meta["size"], norm["method"], tuple(norm.get("percentiles", (0.0, 100.0))),
+                   geometry["brain_threshold"], geometry["crop_to_brain"], geometry["crop_margin"], geometry["fit"])
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model's size x size input sits in the source slices, to map predictions back."""
+
+    height: int
+    width: int
+    rows: slice
+    cols: slice
+
+
+def prepare_image(image: np.ndarray, settings: Settings) -> tuple[np.ndarray, np.ndarray, Placement]:
+    """A case's raw image (S, C, H, W) -> model input float32 (S, C, size, size), its brain mask
+    (S, H, W) and the placement to map outputs back (see `place_back`)."""
+    brain = brain_mask(image, settings.brain_threshold)
+    normalized = normalize(image, brain, settings.normalization, settings.percentiles)  # over the whole case's brain
+    s, c, h, w = image.shape
+    rows, cols = brain_box(brain, settings.crop_margin) if settings.crop_to_brain else (slice(0, h), slice(0, w))
+    cropped = normalized[:, :, rows, cols]
+    ch, cw = cropped.shape[2:]
+    fitted = fit_to_size(cropped.reshape(s * c, ch, cw), settings.size, settings.fit, is_mask=False)
+    return fitted.reshape(s, c, settings.size, settings.size), brain, Placement(h, w, rows, cols)
+
+
+def place_back(probabilities: np.ndarray, placement: Placement, settings: Settings) -> np.ndarray:
+    """Model output (S, K, size, size) -> (S, K, H, W) on the source slices: undo the fit, then the crop."""
+    s, k = probabilities.shape[:2]
+    box_h = placement.rows.stop - placement.rows.start
+    box_w = placement.cols.stop - placement.cols.start
+    planes = probabilities.reshape(s * k, settings.size, settings.size).astype(np.float32)
+    if settings.fit == "letterbox":  # drop the padding around the scaled content
+        scale = settings.size / max(box_h, box_w)
+        th, tw = max(1, round(box_h * scale)), max(1, round(box_w * scale))
+        top, left = (settings.size - th) // 2, (settings.size - tw) // 2
+        planes = planes[:, top:top + th, left:left + tw]
+    restored = np.stack([cv2.resize(p, (box_w, box_h), interpolation=cv2.INTER_LINEAR) for p in planes]) if len(planes) \
+        else np.zeros((0, box_h, box_w), np.float32)
+    out = np.zeros((s, k, placement.height, placement.width), np.float32)
+    out[:, :, placement.rows, placement.cols] = restored.reshape(s, k, box_h, box_w)
+    return out

@@ -17,8 +17,9 @@ import torch
 from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
 from stages.fileio import atomic_file
-from stages.inference import pick_device, set_threads
-from stages.models import create_model
+from stages.inference import pick_device, predict_probabilities, set_threads
+from stages.metrics import threshold_sweep
+from stages.models import MODEL_FORMAT, create_model
 from stages.slices import load_split
 from stages.training import Diverged, fingerprint, fit, matching_checkpoint
 
@@ -52,6 +53,8 @@ def main(argv: Sequence[str]) -> None:
         key = "train.encoder_weights" if config.encoder_weights and "state dict" in str(error) else f"train.models ({args.model})"
         raise PipelineError(f"params.yaml: {key}: {error}") from None
     data_meta = {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")}
+    # what prediction needs besides: how images were prepared and the files' channel order
+    inference_meta = {k: train_split.meta[k] for k in ("geometry", "source_channels")}
     # validation Dice is measured at the evaluation threshold when it is fixed, else at 0.5
     threshold = params.evaluate.threshold if isinstance(params.evaluate.threshold, float) else 0.5
     identity = {"model": args.model, "data": data_meta, "train_slices": len(train_split.images), "threshold": threshold}
@@ -77,8 +80,12 @@ def main(argv: Sequence[str]) -> None:
                             "or set train.grad_clip") from None
     finally:
         live.end()
+    model.load_state_dict(result.best_state)
+    decision = _decision_threshold(model, val_split, params.evaluate, device)
     with atomic_file(folder / "model.pt") as partial:
         torch.save({
+            "format_version": MODEL_FORMAT,
+            "threshold": decision,
             "model": args.model,
             "model_args": model_args,
             "state_dict": result.best_state,
@@ -87,9 +94,20 @@ def main(argv: Sequence[str]) -> None:
             "stopped_early": result.stopped_early,
             "train_params": config.model_dump(),
             "data_meta": data_meta,
+            "inference_meta": inference_meta,
         }, partial)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
+
+
+def _decision_threshold(model, val_split, evaluate, device) -> float:
+    """The probability threshold stored with the model: fixed, or the one with the best mean
+    per-case validation Dice over evaluate.threshold_grid (the evaluate stage picks the same)."""
+    if evaluate.threshold_from != "validation":
+        return evaluate.threshold
+    sweep = threshold_sweep(predict_probabilities(model, val_split.images, device), val_split.masks, val_split.index,
+                            list(evaluate.threshold_grid))
+    return float(sweep.threshold[sweep.case_dice.idxmax()])
 
 
 def _open_live(folder: Path, checkpoint: Path, key: str):

@@ -24,9 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.cli import PipelineError
-from stages.config import Params, PreprocessParams, targets
+from stages.config import Params, PreprocessParams, available_channels, targets
 from stages.datasets.base import CaseRef
-from stages.preprocessing import brain_box, brain_mask, build_target, fit_to_size, normalize, select_slices, split_cases
+from stages.preprocessing import Settings, build_target, fit_to_size, prepare_image, select_slices, split_cases
 from stages.slices import SPLITS, SliceWriter
 
 log = logging.getLogger("stages.preprocess")
@@ -78,20 +78,17 @@ def prepare_case(job: Job) -> Prepared:
         if p.on_bad_file == "skip":
             return Prepared(job.case, skipped=str(error))
         raise
-    brain = brain_mask(case.image, p.brain_threshold)
+    settings = Settings(p.size, p.normalization, tuple(p.percentiles), p.brain_threshold, p.crop_to_brain,
+                        p.crop_margin, p.fit)
+    images, brain, placement = prepare_image(case.image, settings)  # the same code path as prediction
     target = build_target(case.regions, case.region_names, job.targets)
     rng = np.random.default_rng([p.seed, zlib.crc32(job.case.case_id.encode())])
     keep = select_slices(target.reshape(len(target), -1).any(axis=1), brain.reshape(len(brain), -1).sum(axis=1),
                          p.tumor_free_fraction, p.skip_no_brain, rng)
-    image = normalize(case.image, brain, p.normalization, tuple(p.percentiles))  # over the whole case's brain
-    if p.crop_to_brain:
-        rows, cols = brain_box(brain, p.crop_margin)
-        image, target = image[:, :, rows, cols], target[:, :, rows, cols]
-    image, target = image[keep], target[keep]
-    s, c, h, w = image.shape
-    k = target.shape[1]
-    images = fit_to_size(image.reshape(s * c, h, w), p.size, p.fit, is_mask=False).reshape(s, c, p.size, p.size)
+    target = target[keep][:, :, placement.rows, placement.cols]
+    s, k, h, w = target.shape
     masks = fit_to_size(target.reshape(s * k, h, w), p.size, p.fit, is_mask=True).reshape(s, k, p.size, p.size)
+    images = images[keep]
     return Prepared(job.case, images.astype(np.float16), masks, case.slice_index[keep],
                     tuple(case.source_files[i] for i in keep), slices_read=len(case.image))
 
@@ -103,6 +100,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     outputs = targets(params, dataset)
     cases = reader(dataset).list_cases(raw, options)
     channels = ["grey"] if dataset == "tumor_coco" else list(options.input_channels)
+    source_channels = available_channels(params)[dataset]  # channel order of the files, for prediction
     workers = p.workers or os.cpu_count() or 1
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
 
@@ -153,7 +151,9 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
             "channels": channels, "size": p.size,
             "normalization": {"method": p.normalization, "over": "brain voxels of the whole case, per channel",
                               **({"percentiles": p.percentiles} if p.normalization == "percentile" else {})},
-            "geometry": {"crop_to_brain": p.crop_to_brain, "crop_margin": p.crop_margin, "fit": p.fit},
+            "geometry": {"crop_to_brain": p.crop_to_brain, "crop_margin": p.crop_margin, "fit": p.fit,
+                         "brain_threshold": p.brain_threshold},
+            "source_channels": source_channels,
             "targets": outputs,
             "selection": {"tumor_free_fraction": p.tumor_free_fraction, "skip_no_brain": p.skip_no_brain,
                           "slices_read": slices_read, "slices_kept": len(staging.rows)},

@@ -7,6 +7,7 @@ from torch import nn
 from stages.models.resnet_unet import ResNet34UNet
 from stages.models.unet import ResUNet, UNet
 
+MODEL_FORMAT = 2  # version of model.pt's contents; bump when they change, predict refuses others
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resunet": ResUNet, "resnet34_unet": ResNet34UNet}
 
 

@@ -1,0 +1,144 @@
+"""Predict and export, end to end on CPU: tiny models trained on the samples, new inputs predicted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "TQDM_DISABLE": "1"}
+
+
+def run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    from tests.conftest import tiny_params
+
+    root = tmp_path_factory.mktemp("predict")
+    params = tiny_params()
+    params["data"]["datasets"] = ["brats2020", "brats2020_nifti", "tumor_coco"]
+    params["train"]["epochs"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for dataset in params["data"]["datasets"]:
+        for stage in ("download", "preprocess"):
+            result = run(root, f"stages.{stage}", "--dataset", dataset)
+            assert result.returncode == 0, result.stderr
+        result = run(root, "stages.train", "--dataset", dataset, "--model", "unet")
+        assert result.returncode == 0, result.stderr
+    result = run(root, "stages.evaluate", "--dataset", "brats2020", "--model", "unet")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    result = run(project, "stages.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    flair = nib.load(str(next(case.glob("*_flair.nii*"))))
+    mask = nib.load(str(tmp_path / "BraTS20_Training_001_mask.nii.gz"))
+    assert mask.shape == flair.shape
+    np.testing.assert_array_equal(mask.affine, flair.affine)
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    summary = json.loads((tmp_path / "BraTS20_Training_001_summary.json").read_text())
+    voxel_ml = float(np.prod(flair.header.get_zooms())) / 1000
+    assert summary["tumor_volume_ml"]["whole_tumor"] == pytest.approx(data.sum() * voxel_ml, abs=1e-3)
+    assert summary["tumor_present"] == bool(data.any())
+    assert summary["model"]["architecture"] == "unet" and summary["model"]["dataset"] == "brats2020_nifti"
+
+
+def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
+    from stages.inference import predict_probabilities
+    from stages.prediction import load_model, read_scan
+    from stages.preprocessing import prepare_image
+
+    index = pd.read_csv(project / "data/slices/brats2020/test/index.csv", dtype={"case_id": str})
+    case = index.case_id.iloc[0]
+    rows = index[index.case_id == case]
+    files = sorted((project / "data/raw/brats2020").rglob(f"{case}_slice_*.h5"),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    model = load_model(project / "models/brats2020/unet/model.pt")
+    scan = read_scan(files, model)
+    inputs, _, _ = prepare_image(scan.image, model.settings)
+    ours = predict_probabilities(model.network, inputs, torch.device("cpu"))
+    evaluated = np.load(project / "reports/brats2020/unet/evaluation/probabilities.npy")
+    numbers = [int(p.stem.rsplit("_", 1)[1]) for p in files]
+    for row, slice_index in zip(rows.row, rows.slice_index):
+        np.testing.assert_allclose(ours[numbers.index(slice_index)], evaluated[row].astype(np.float32), atol=2e-3)
+    settings = json.loads((project / "reports/brats2020/unet/evaluation/settings.json").read_text())
+    assert model.threshold == settings["threshold"]  # the model file carries the threshold evaluate used
+
+
+def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
+    images = realdata_coco / "test"
+    result = run(project, "stages.predict", "models/tumor_coco/unet/model.pt", str(images), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for source in images.glob("*.jpg"):
+        mask = cv2.imread(str(tmp_path / f"{source.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (640, 640) and set(np.unique(mask)) <= {0, 255}
+        assert cv2.imread(str(tmp_path / f"{source.stem}_overlay.png")).shape == (640, 640, 3)
+        summary = json.loads((tmp_path / f"{source.stem}_summary.json").read_text())
+        assert summary["tumor_pixels"]["whole_tumor"] == int((mask > 0).sum())
+
+
+def test_bad_inputs_are_reported_in_one_line_each_and_the_rest_still_run(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_002"))[0]
+    broken = tmp_path / "broken_case"
+    broken.mkdir()
+    for path in case.glob("*"):
+        if "_t1ce" not in path.name:
+            (broken / path.name).write_bytes(path.read_bytes())
+    png = tmp_path / "slice.png"
+    cv2.imwrite(str(png), np.zeros((64, 64), np.uint8))
+    result = run(project, "stages.predict", "models/brats2020_nifti/unet/model.pt", str(case), str(broken), str(png),
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr
+    assert any("broken_case: no *_t1ce.nii(.gz) file" in e for e in errors)
+    assert any("slice.png: a 2D image, but the model expects 4 MRI sequences" in e for e in errors)
+    assert (tmp_path / "out" / "BraTS20_Training_002_mask.nii.gz").is_file()
+
+
+def test_model_file_of_another_format_version_is_refused(project, tmp_path):
+    checkpoint = torch.load(project / "models/tumor_coco/unet/model.pt", weights_only=True)
+    checkpoint["format_version"] = 1
+    torch.save(checkpoint, tmp_path / "old.pt")
+    result = run(project, "stages.predict", str(tmp_path / "old.pt"), str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'old.pt'}: model file format 1, this version reads 2; retrain it with `dvc repro`"]
+
+
+def test_exported_program_runs_without_this_package_and_matches(project, tmp_path):
+    from stages.models import load_checkpoint
+
+    out = tmp_path / "unet.pt2"
+    result = run(project, "stages.export", "models/brats2020/unet/model.pt", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    size = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["size"]
+    x = torch.randn(3, 4, size, size, generator=torch.Generator().manual_seed(0))  # batch 3: not the traced 2
+    torch.save(x, tmp_path / "x.pt")
+    # importing `stages` is made impossible in that process: the program must not need it
+    code = ("import sys; sys.modules['stages'] = None; import torch; p = torch.export.load('unet.pt2'); "
+            "torch.save(p.module()(torch.load('x.pt')), 'y.pt')")
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    check = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr
+    model, _ = load_checkpoint(project / "models/brats2020/unet/model.pt")
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
