@@ -7,6 +7,7 @@ learning rate) goes through dvclive to dvclive/<dataset>/<model>/, drawn by `dvc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -57,7 +58,8 @@ def main(argv: Sequence[str]) -> None:
     inference_meta = {k: train_split.meta[k] for k in ("geometry", "source_channels")}
     # validation Dice is measured at the evaluation threshold when it is fixed, else at 0.5
     threshold = params.evaluate.threshold if isinstance(params.evaluate.threshold, float) else 0.5
-    identity = {"model": args.model, "data": data_meta, "train_slices": len(train_split.images), "threshold": threshold}
+    identity = {"model": args.model, "data": data_meta, "train_slices": len(train_split.images), "threshold": threshold,
+                "data_files": _file_stamps(slices), "code": _code_hash()}
 
     folder = Path("models") / args.dataset / args.model
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,21 @@ def main(argv: Sequence[str]) -> None:
         }, partial)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
+
+
+def _file_stamps(slices: Path) -> dict[str, list[int]]:
+    """Size and modification time of the training arrays: a re-run of preprocess changes them, so a
+    checkpoint of other data is never resumed (cheaper than hashing gigabytes at every start)."""
+    return {str(p.relative_to(slices)): [p.stat().st_size, p.stat().st_mtime_ns]
+            for split in ("train", "val") for p in sorted((slices / split).glob("*.npy"))}
+
+
+def _code_hash() -> str:
+    """Hash of the training code (this stage's library): changed code never resumes an old checkpoint."""
+    root = Path(__file__).parent
+    files = [root / "train.py", root / "training.py", root / "losses.py", root / "augment.py", root / "inference.py",
+             *sorted((root / "models").glob("*.py"))]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
 def _decision_threshold(model, val_split, evaluate, device) -> float:

@@ -122,3 +122,21 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
     assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
     assert "0.01" in text and text.count("per_case") >= 3  # baseline and both experiments carry metrics
     sh(project, "dvc", "queue", "stop", check=False)
+
+
+def test_second_machine_pulls_from_a_remote_and_has_nothing_to_rerun(project, tmp_path):
+    remote = tmp_path / "remote"
+    sh(project, "git", "checkout", "-q", "--", ".")
+    sh(project, "dvc", "checkout", "-q")
+    sh(project, "dvc", "remote", "add", "-d", "shared", str(remote))
+    sh(project, "git", "commit", "-qam", "shared remote")
+    sh(project, "dvc", "push")
+    clone = tmp_path / "second-machine"
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    sh(clone, "dvc", "pull")
+    status = sh(clone, "dvc", "status").stdout
+    assert "up to date" in status.lower(), status
+    repro = sh(clone, "dvc", "repro").stdout
+    assert "Running stage" not in repro, repro
+    for path in ("metrics/brats2020/unet.json", "models/tumor_coco/resunet/model.pt", "data/slices/brats2020/train/images.npy"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path

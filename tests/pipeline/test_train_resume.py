@@ -99,3 +99,15 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     else:
         assert not checkpoint.exists()
     assert not (project / "models/tumor_coco/unet/model.pt").exists()
+
+
+def test_checkpoint_of_other_data_is_not_resumed(projects):
+    project, _ = projects
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(epochs=2, schedule="constant")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet").returncode == 0
+    assert stage(project, "stages.preprocess", "--dataset", "tumor_coco").returncode == 0  # new arrays, same settings
+    result = stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" not in result.stderr and "written with other settings; training from scratch" in result.stderr
