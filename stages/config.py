@@ -166,6 +166,8 @@ class TrainParams(Section):
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     num_threads: Annotated[int, Field(ge=0)]
+    nproc: PositiveInt  # processes (GPUs) of one training; > 1 launches torchrun with DistributedDataParallel
+    sync_batchnorm: bool
 
 
 class EvaluateParams(Section):
@@ -251,6 +253,9 @@ def _check_consistency(params: Params, source: str) -> None:
     if train.encoder_weights and "resnet34_unet" not in train.models:
         raise PipelineError(f"{source}: train.encoder_weights: only resnet34_unet uses encoder weights; add it to "
                             "train.models or set encoder_weights to ''")
+    if train.batch_size % train.nproc:
+        raise PipelineError(f"{source}: train.batch_size: {train.batch_size} is the batch over all {train.nproc} "
+                            f"processes (train.nproc) and must divide evenly; pick {train.batch_size // train.nproc * train.nproc or train.nproc}")
     if train.schedule == "cosine" and train.warmup_epochs >= train.epochs:
         raise PipelineError(f"{source}: train.warmup_epochs: {train.warmup_epochs} leaves no epoch of the "
                             f"{train.epochs} in train.epochs for the cosine decay")

@@ -7,9 +7,13 @@ learning rate) goes through dvclive to dvclive/<dataset>/<model>/, drawn by `dvc
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from stages.inference import pick_device, predict_probabilities, set_threads
 from stages.metrics import threshold_sweep
 from stages.models import MODEL_FORMAT, create_model
 from stages.slices import load_split
-from stages.training import Diverged, fingerprint, fit, matching_checkpoint
+from stages.training import SINGLE, Diverged, Distributed, fingerprint, fit, matching_checkpoint, unwrap
 
 log = logging.getLogger("stages.train")
 
@@ -33,6 +37,13 @@ def main(argv: Sequence[str]) -> None:
     args = stage_arguments(__doc__, model=True).parse_args(argv)
     params = load_params(args.params)
     config = params.train
+    if config.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        _launch_torchrun(config.nproc, argv)
+        return
+    dist = _init_distributed()
+    if config.batch_size % dist.world:
+        raise PipelineError(f"params.yaml: train.batch_size: {config.batch_size} must divide evenly over the "
+                            f"{dist.world} processes of this torchrun job")
     slices = Path("data/slices") / args.dataset
     train_split, val_split = load_split(slices, "train"), load_split(slices, "val")
     if config.batch_size > len(train_split.images):
@@ -42,7 +53,11 @@ def main(argv: Sequence[str]) -> None:
         device = pick_device(config.device)
     except RuntimeError as error:
         raise PipelineError(f"params.yaml: {error}") from None
-    set_threads(config.num_threads)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    # the cores are shared among the processes of one machine
+    set_threads(config.num_threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
     model_args = {"in_channels": len(train_split.meta["channels"]), "out_channels": len(train_split.meta["targets"]),
                   "base_channels": config.base_channels, "depth": config.depth, "norm": config.norm,
@@ -53,6 +68,10 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as error:
         key = "train.encoder_weights" if config.encoder_weights and "state dict" in str(error) else f"train.models ({args.model})"
         raise PipelineError(f"params.yaml: {key}: {error}") from None
+    if config.sync_batchnorm and dist.world > 1:
+        if device.type != "cuda":
+            raise PipelineError("params.yaml: train.sync_batchnorm: needs CUDA GPUs (PyTorch's SyncBatchNorm); set it to false on CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     data_meta = {k: train_split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")}
     # what prediction needs besides: how images were prepared and the files' channel order
     inference_meta = {k: train_split.meta[k] for k in ("geometry", "source_channels")}
@@ -64,7 +83,10 @@ def main(argv: Sequence[str]) -> None:
     folder = Path("models") / args.dataset / args.model
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.pt"
-    live = _open_live(Path("dvclive") / args.dataset / args.model, checkpoint, fingerprint(config, identity))
+    live = _open_live(Path("dvclive") / args.dataset / args.model, checkpoint, fingerprint(config, identity)) \
+        if dist.writer else None
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
     log.info("%s on %s: %d train / %d val slices, device %s", args.model, args.dataset,
              len(train_split.images), len(val_split.images), device)
 
@@ -76,12 +98,16 @@ def main(argv: Sequence[str]) -> None:
 
     try:
         result = fit(model, train_split, val_split, config, threshold=threshold, device=device,
-                     checkpoint=checkpoint, identity=identity, on_epoch=on_epoch)
+                     checkpoint=checkpoint, identity=identity, on_epoch=on_epoch, dist=dist)
     except Diverged as error:
         raise PipelineError(f"{error}; the last good epoch is kept in {checkpoint}; lower train.learning_rate "
                             "or set train.grad_clip") from None
     finally:
-        live.end()
+        if live is not None:
+            live.end()
+    if not dist.writer:
+        return  # rank 0 writes the model
+    model = unwrap(model)
     model.load_state_dict(result.best_state)
     decision = _decision_threshold(model, val_split, params.evaluate, device)
     with atomic_file(folder / "model.pt") as partial:
@@ -100,6 +126,30 @@ def main(argv: Sequence[str]) -> None:
         }, partial)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
+
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> None:
+    """Run this stage again under torchrun with `nproc` processes on this machine (train.nproc).
+
+    For several machines, start `torchrun --nnodes ... --rdzv-endpoint ... -m stages.train` on each
+    instead (README): the stage then sees torchrun's environment and does not launch again.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "stages.train", *argv]
+    log.info("launching %d processes: %s", nproc, " ".join(command))
+    code = subprocess.run(command).returncode
+    if code:
+        raise PipelineError(f"distributed training (train.nproc={nproc}) failed with exit code {code}; see the errors above")
+
+
+def _init_distributed() -> Distributed:
+    """Join the torchrun job this process was started in (gloo on CPU, NCCL on GPUs), if any."""
+    if "LOCAL_RANK" not in os.environ:
+        return SINGLE
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    atexit.register(torch.distributed.destroy_process_group)
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
 
 
 def _file_stamps(slices: Path) -> dict[str, list[int]]:

@@ -34,6 +34,35 @@ from stages.slices import SliceSet
 log = logging.getLogger("stages.training")
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 writes every file)."""
+
+    rank: int
+    world: int
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over all processes."""
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item()) / self.world
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+
+SINGLE = Distributed(0, 1)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (state dicts without the `module.` prefix)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and batch."""
 
@@ -44,6 +73,21 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start:start + batch_size])
         yield images[rows].astype(np.float32), masks[rows].astype(np.float32)
+
+
+def shard_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  dist: Distributed) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's share of an epoch: torch's DistributedSampler (reshuffled per epoch, the same
+    permutation on every process, disjoint slices per rank), `batch_size` per process."""
+    sampler = torch.utils.data.DistributedSampler(range(len(images)), num_replicas=dist.world, rank=dist.rank,
+                                                  shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    rows = np.fromiter(sampler, dtype=np.int64)
+    log.info("rank %d/%d epoch %d: %d slices, rows %s", dist.rank, dist.world, epoch, len(rows),
+             ",".join(map(str, rows[:8])) + ("..." if len(rows) > 8 else ""))
+    for start in range(0, len(rows), batch_size):
+        chunk = np.sort(rows[start:start + batch_size])
+        yield images[chunk].astype(np.float32), masks[chunk].astype(np.float32)
 
 
 def case_scores(probabilities: np.ndarray, split: SliceSet, threshold: float) -> tuple[float, float]:
@@ -106,26 +150,29 @@ def fingerprint(config: TrainParams, extra: dict) -> str:
 
 def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *, threshold: float,
         device: torch.device, checkpoint: Path | None = None, identity: dict | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[dict], None] | None = None, dist: Distributed = SINGLE) -> TrainResult:
     """Train with early stopping on validation Dice, keeping the best epoch's weights.
 
     Validation Dice is the mean per-case Dice at `threshold`, the number evaluate reports.
     With `checkpoint`, each epoch is saved there and a matching checkpoint is resumed.
-    `on_epoch` receives each epoch's row of the history (for dvclive).
+    `on_epoch` receives each epoch's row of the history (for dvclive). Under torchrun (`dist`), the
+    model is DistributedDataParallel, each process trains on its shard with batch_size / world,
+    losses are averaged over processes and only rank 0 writes.
     """
     model.to(device)
-    steps = -(-len(train.images) // config.batch_size)
+    batch_size = config.batch_size // dist.world
+    steps = -(-len(train.images) // dist.world // batch_size)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps)
     loss_fn = make_loss(config)
-    augmenter = Augmenter(config.augment, config.seed)
+    augmenter = Augmenter(config.augment, config.seed + 7919 * dist.rank)
     key = fingerprint(config, identity or {})
     history: list[dict] = []
     best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
 
     saved = matching_checkpoint(checkpoint, key)
     if saved:
-        model.load_state_dict(saved["model"])
+        unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
@@ -146,8 +193,10 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         augment = augmenter.for_epoch(epoch) if augmenter.active else None
         model.train()
         losses = []
-        progress = tqdm(batches(train.images, train.masks, config.batch_size, rng), total=steps,
-                        desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        source = (batches(train.images, train.masks, batch_size, rng) if dist.world == 1
+                  else shard_batches(train.images, train.masks, batch_size, config.seed, epoch, dist))
+        progress = tqdm(source, total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                        disable=None if dist.writer else True)
         for batch, (images, masks) in enumerate(progress, start=1):
             if augment is not None:
                 images, masks = augment(images, masks)
@@ -164,8 +213,10 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
                 scheduler.step()
             losses.append(loss.item())
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        val_loss, val_dice, val_iou = _validate(model, val, loss_fn, threshold, device)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_case_dice": val_dice,
+        # every process scores the whole validation split with the same weights: the same decisions
+        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device)
+        train_loss = float(np.mean(losses)) if dist.world == 1 else dist.mean(float(np.mean(losses)))
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_case_dice": val_dice,
                "val_case_iou": val_iou, "learning_rate": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
         history.append(row)
@@ -175,15 +226,18 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
             scheduler.step()
         if val_dice > best_dice:
             best_dice, best_epoch, stale = val_dice, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         else:
             stale += 1
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val case Dice %.4f (%.1f s)", epoch, config.epochs,
                  row["train_loss"], val_loss, val_dice, row["seconds"])
         stopped_early = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, key, epoch, model, optimizer, scheduler, history, best_dice, best_epoch, best_state, stale)
-        if on_epoch is not None:
+        if checkpoint is not None and dist.writer:
+            _save_checkpoint(checkpoint, key, epoch, unwrap(model), optimizer, scheduler, history, best_dice, best_epoch,
+                             best_state, stale)
+        if dist.world > 1:
+            dist.barrier()  # the checkpoint is complete before any process can be killed into a resume
+        if on_epoch is not None and dist.writer:
             on_epoch(row)
         if stopped_early:
             log.info("early stop: no validation gain in %d epochs; best epoch %d", stale, best_epoch)
