@@ -23,8 +23,8 @@ from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
 from stages.fileio import atomic_dir, write_json
 from stages.inference import pick_device, predict_probabilities, set_threads
-from stages.metrics import (AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets,
-                            precision_recall_curve, threshold_sweep)
+from stages.metrics import (AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, choose_threshold, evaluate_targets,
+                            precision_recall_curve)
 from stages.models import load_checkpoint
 from stages.slices import SliceSet, load_split
 
@@ -59,8 +59,8 @@ def main(argv: Sequence[str]) -> None:
     threshold = settings.threshold
     if settings.threshold_from == "validation":
         val = data["val"]
-        sweep = threshold_sweep(predict_probabilities(model, val.images, device), val.masks, val.index, settings.threshold_grid)
-        threshold = float(sweep.threshold[sweep.case_dice.idxmax()])  # ties: the lowest threshold
+        threshold, sweep = choose_threshold(predict_probabilities(model, val.images, device), val.masks, val.index,
+                                            settings.threshold_grid)
         log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
     probabilities = predict_probabilities(model, test.images, device)
     per_slice, per_case, metrics = evaluate_targets(probabilities > threshold, test.masks, test.index, targets,

@@ -355,3 +355,13 @@ def precision_recall_curve(probabilities: np.ndarray, truth: np.ndarray, thresho
     result = scores(pooled)
     return pd.DataFrame({"threshold": thresholds, "precision": result["precision"], "recall": result["recall"],
                          "dice": result["dice"]})
+
+
+def choose_threshold(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame,
+                     grid: list[float]) -> tuple[float, pd.DataFrame]:
+    """The grid threshold with the best mean per-case Dice (ties: the lowest), and the whole sweep.
+
+    Train stores it in the model file and evaluate reports it: both call this on the val split.
+    """
+    sweep = threshold_sweep(probabilities, truth, index, list(grid))
+    return float(sweep.threshold[sweep.case_dice.idxmax()]), sweep

@@ -23,7 +23,7 @@ from stages.cli import PipelineError, run_stage, stage_arguments
 from stages.config import load_params
 from stages.fileio import atomic_file
 from stages.inference import pick_device, predict_probabilities, set_threads
-from stages.metrics import threshold_sweep
+from stages.metrics import choose_threshold
 from stages.models import MODEL_FORMAT, create_model
 from stages.slices import load_split
 from stages.training import SINGLE, Diverged, Distributed, fingerprint, fit, matching_checkpoint, unwrap
@@ -172,9 +172,9 @@ def _decision_threshold(model, val_split, evaluate, device) -> float:
     per-case validation Dice over evaluate.threshold_grid (the evaluate stage picks the same)."""
     if evaluate.threshold_from != "validation":
         return evaluate.threshold
-    sweep = threshold_sweep(predict_probabilities(model, val_split.images, device), val_split.masks, val_split.index,
-                            list(evaluate.threshold_grid))
-    return float(sweep.threshold[sweep.case_dice.idxmax()])
+    threshold, _ = choose_threshold(predict_probabilities(model, val_split.images, device), val_split.masks,
+                                    val_split.index, evaluate.threshold_grid)
+    return threshold
 
 
 def _open_live(folder: Path, checkpoint: Path, key: str):

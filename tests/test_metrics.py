@@ -423,3 +423,18 @@ def test_evaluate_targets_summary_is_compact_and_per_target_with_regions():
     assert "targets" not in single and single["size_buckets"]["small"]["slices"] == 1
     assert single["per_case"]["dice"] == pytest.approx(2 / 13)  # unchanged headline (test_summary_hand_computed)
     assert single["per_case"]["hd95_px"] == pytest.approx(np.mean(per_case[per_case.target == "WT"].hd95_px))
+
+
+def test_choose_threshold_takes_the_best_case_dice_and_the_lowest_on_ties():
+    from stages.metrics import choose_threshold
+
+    truth = np.zeros((2, 1, 1, 4), np.uint8)
+    truth[0, 0, 0, :2] = 1  # case a: two tumor pixels
+    probabilities = np.zeros((2, 1, 1, 4), np.float32)
+    probabilities[0, 0, 0, :2] = 0.65  # found only above thresholds below 0.65
+    probabilities[0, 0, 0, 2] = 0.35  # a false alarm gone at thresholds >= 0.35
+    index = pd.DataFrame({"case_id": ["a", "b"]})
+    threshold, sweep = choose_threshold(probabilities, truth, index, [0.2, 0.4, 0.5, 0.7])
+    # 0.2: case a Dice 4/5, case b 1 -> 0.9; 0.4 and 0.5: 1 and 1 -> 1.0 (tie, lowest wins); 0.7: a 0, b 1 -> 0.5
+    np.testing.assert_allclose(sweep.case_dice, [0.9, 1.0, 1.0, 0.5])
+    assert threshold == 0.4

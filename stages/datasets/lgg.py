@@ -77,6 +77,8 @@ def read_case(case: CaseRef, options) -> Case:
     """All slices of a case: image float32 (S, C, H, W) in `input_channels` order (raw 0..255 grey
     levels), regions uint8 (S, K, H, W) 0/1 in `labels` order; an empty mask gives all-zero regions."""
     _check_options(options)
+    if case.extra.get("problem"):
+        raise PipelineError(case.extra["problem"])
     channel_order = [options.channels.index(name) for name in options.input_channels]
     label_values = np.array(list(options.labels.values()))
     images, regions = [], []
@@ -199,19 +201,21 @@ def _case_ref(root: Path, case_dir: Path) -> CaseRef:
         if k in found:
             raise PipelineError(f"{path}: slice {k} also in {found[k].name}; remove one or {DOWNLOAD_HINT}")
         found[k] = path
+    # an unpaired file is reported when the case is read, so preprocess.on_bad_file=skip can skip the case
+    problem = None
     for k in sorted(images.keys() ^ masks.keys()):
-        if k in images:
-            raise PipelineError(f"{images[k]}: mask {case_id}_{k}_mask.tif missing; {DOWNLOAD_HINT}")
-        raise PipelineError(f"{masks[k]}: image {case_id}_{k}.tif missing; {DOWNLOAD_HINT}")
-    if not images:
+        problem = (f"{images[k]}: mask {case_id}_{k}_mask.tif missing; {DOWNLOAD_HINT}" if k in images
+                   else f"{masks[k]}: image {case_id}_{k}.tif missing; {DOWNLOAD_HINT}")
+        break
+    if not images and problem is None:
         raise PipelineError(f"{case_dir}: no {case_id}_<k>.tif slices in the case folder; {DOWNLOAD_HINT}")
-    order = sorted(images)  # numeric: slice 2 before slice 10
+    order = sorted(images.keys() & masks.keys())  # numeric: slice 2 before slice 10
     return CaseRef(
         case_id=case_id,
         root=root,
         files=tuple(path for k in order for path in (images[k], masks[k])),
         extra={"slice_index": tuple(order), "images": tuple(images[k] for k in order),
-               "masks": tuple(masks[k] for k in order)},
+               "masks": tuple(masks[k] for k in order), "problem": problem},
     )
 
 

@@ -183,3 +183,19 @@ def test_batch_larger_than_the_training_split_stops_before_training(project, par
     assert result.stderr.strip() == ("error: params.yaml: train.batch_size: 500 is larger than the 6 training "
                                      "slices of tumor_coco; lower it")
     assert not (project / "models").exists() or not list((project / "models").rglob("*.pt"))
+
+
+def test_lgg_slice_without_mask_is_skipped_with_its_case_under_skip_policy(project, params_dict):
+    from stages.slices import load_split
+
+    params_dict["data"]["datasets"] = ["lgg"]
+    params_dict["preprocess"]["on_bad_file"] = "skip"
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    assert run(project, "stages.download", "--dataset", "lgg").returncode == 0
+    mask = sorted((project / "data/raw/lgg/kaggle_3m").rglob("*_mask.tif"))[0]
+    for copy in (project / "data/raw/lgg").rglob(mask.name):  # the archive's tree is there twice
+        copy.unlink()
+    result = run(project, "stages.preprocess", "--dataset", "lgg")
+    assert result.returncode == 0, result.stderr
+    meta = load_split(project / "data/slices/lgg", "train").meta
+    assert meta["bad_files"]["skipped"] == 1 and "mask" in meta["bad_files"]["files"][0]["reason"]
