@@ -23,6 +23,7 @@ ModelName = Literal["unet", "resunet", "resnet34_unet"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Names = Annotated[list[str], Field(min_length=1)]
 LabelValues = Annotated[dict[str, Annotated[int, Field(ge=1, le=65535)]], Field(min_length=1)]
 
@@ -122,18 +123,18 @@ class PreprocessParams(Section):
 class AugmentParams(Section):
     """Probabilities (0 = off) and ranges of the training augmentations; never applied to val/test."""
 
-    hflip: Annotated[float, Field(ge=0.0, le=1.0)]
-    vflip: Annotated[float, Field(ge=0.0, le=1.0)]
-    affine: Annotated[float, Field(ge=0.0, le=1.0)]
+    hflip: Probability
+    vflip: Probability
+    affine: Probability
     rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
     scale: Annotated[float, Field(ge=0.0, lt=1.0)]
     shift: Annotated[float, Field(ge=0.0, lt=0.5)]
-    brightness_contrast: Annotated[float, Field(ge=0.0, le=1.0)]
-    brightness_contrast_limit: Annotated[float, Field(ge=0.0, le=1.0)]
-    gamma: Annotated[float, Field(ge=0.0, le=1.0)]
-    noise: Annotated[float, Field(ge=0.0, le=1.0)]
-    noise_std: Annotated[float, Field(ge=0.0, le=1.0)]
-    elastic: Annotated[float, Field(ge=0.0, le=1.0)]
+    brightness_contrast: Probability
+    brightness_contrast_limit: Probability  # a fraction of the intensity range, 0..1 like a probability
+    gamma: Probability
+    noise: Probability
+    noise_std: Probability
+    elastic: Probability
 
 
 class TrainParams(Section):

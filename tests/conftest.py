@@ -44,6 +44,14 @@ def realdata_coco() -> Path:
     return path
 
 
+@pytest.fixture
+def realdata_lgg() -> Path:
+    path = REALDATA / "lgg_sample"
+    if not path.is_dir():
+        pytest.skip(f"real LGG excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
+    return path
+
+
 def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 

@@ -141,13 +141,7 @@ def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: li
     are written as `.nii`, even ones as `.nii.gz`; the last case's seg is `W39_1998.09.19_Segm.nii`
     like the real case 355. `name_mapping.csv` and `survival_info.csv` sit beside the case folders.
     """
-    unknown = [s for s in sequences if s not in phantom.SEQUENCES]
-    unknown += [name for name in labels if name not in LABEL_TISSUE]
-    if unknown:
-        raise PipelineError(
-            f"params.yaml: {PARAMS}: the sample generator cannot draw {unknown}; "
-            f"it knows sequences {list(phantom.SEQUENCES)} and labels {list(LABEL_TISSUE)}"
-        )
+    phantom.check_drawable(sequences, list(labels), LABEL_TISSUE, PARAMS)
     rng = np.random.default_rng(seed)
     data_dir = root / SAMPLE_DIR
     data_dir.mkdir(parents=True)

@@ -112,3 +112,13 @@ def render(case: Case, tissue: np.ndarray, sequence: str, rng: np.random.Generat
     signal += rng.normal(0, 0.04, signal.shape).astype(np.float32)
     signal[tissue == BACKGROUND] = np.abs(signal[tissue == BACKGROUND]) * 0.3
     return signal
+
+
+def check_drawable(sequences: list[str], regions: list[str], known_regions, param: str) -> None:
+    """Stop with one line when a sample generator is asked for a sequence or region it cannot draw."""
+    from stages.cli import PipelineError
+
+    unknown = [s for s in sequences if s not in SEQUENCES] + [r for r in regions if r not in known_regions]
+    if unknown:
+        raise PipelineError(f"params.yaml: {param}: the sample generator cannot draw {unknown}; it knows "
+                            f"sequences {list(SEQUENCES)} and regions {list(known_regions)}")

@@ -83,13 +83,7 @@ def write_brats_h5(
     Each file holds `image` float32 (size, size, len(image_channels)) and `mask` uint8
     (size, size, len(mask_channels)), one channel per tumor sub-region (0/1); the real files are 240 px.
     """
-    unknown = [c for c in image_channels if c not in phantom.SEQUENCES]
-    unknown += [c for c in mask_channels if c not in MASK_TISSUE]
-    if unknown:
-        raise PipelineError(
-            f"params.yaml: data.brats2020: the sample generator cannot draw channel(s) {unknown}; "
-            f"it knows images {list(phantom.SEQUENCES)} and masks {list(MASK_TISSUE)}"
-        )
+    phantom.check_drawable(image_channels, mask_channels, MASK_TISSUE, "data.brats2020")
     rng = np.random.default_rng(seed)
     data_dir = root / BRATS_DATA_DIR
     data_dir.mkdir(parents=True)

@@ -15,7 +15,6 @@ import pytest
 
 from stages.cli import PipelineError
 from stages.datasets import lgg
-from tests.conftest import REALDATA
 
 REAL_CASE = "TCGA_CS_4942_19970222"
 
@@ -25,14 +24,6 @@ def lgg_options(**changes) -> SimpleNamespace:
                "input_channels": ["pre_contrast", "flair", "post_contrast"],
                "labels": {"abnormality": 255}}
     return SimpleNamespace(**(options | changes))
-
-
-@pytest.fixture
-def realdata_lgg() -> Path:
-    path = REALDATA / "lgg_sample"
-    if not path.is_dir():
-        pytest.skip(f"real LGG excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
-    return path
 
 
 @pytest.fixture
