@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="sample", datasets=["brats2020"])
-    print(f"| cases | slices | workers | seconds | slices/s | peak RSS (MiB) |\n|---|---|---|---|---|---|")
+    print("| cases | slices | workers | seconds | slices/s | peak RSS (MiB) |\n|---|---|---|---|---|---|")
     # ascending case counts: RUSAGE_CHILDREN only grows, so a flat column means no growth with size
     for cases in sorted(args.cases):
         with tempfile.TemporaryDirectory() as folder:

@@ -19,6 +19,12 @@ class PipelineError(Exception):
     """
 
 
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (whitespace collapsed), cut at `limit` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
 def stage_arguments(description: str, *, model: bool = False) -> argparse.ArgumentParser:
     """Parser with the arguments dvc.yaml passes: `--dataset` (and `--model` for per-model stages)."""
     from stages.config import DatasetName, ModelName  # here: config imports this module

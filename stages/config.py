@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 
 DatasetName = Literal["brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"]
 ModelName = Literal["unet", "resunet", "resnet34_unet"]
@@ -210,7 +210,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
     except yaml.YAMLError as error:
-        raise PipelineError(f"{path}: not valid YAML ({_one_line(error)})") from None
+        raise PipelineError(f"{path}: not valid YAML ({one_line(error)})") from None
     return parse_params(raw, source=str(path))
 
 
@@ -344,7 +344,3 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             return None
         model = annotation
     return model
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 from stages.inference import predict_probabilities
 from stages.models import MODEL_FORMAT, load_checkpoint
 from stages.plotting import overlay
@@ -124,7 +124,7 @@ def _read_nifti(files: list[Path], model: Model) -> Scan:
             image = nib.load(str(path))
             data = np.asarray(image.dataobj, dtype=np.float32)
         except Exception as error:
-            raise PipelineError(f"{path}: unreadable NIfTI ({' '.join(str(error).split())[:120]})") from None
+            raise PipelineError(f"{path}: unreadable NIfTI ({one_line(error, 120)})") from None
         if data.ndim != 3:
             raise PipelineError(f"{path}: a {data.ndim}D image; the model expects 3D volumes of {model.channels}")
         if reference is not None and data.shape != volumes[0].shape:
@@ -147,7 +147,7 @@ def _read_h5(files: list[Path], model: Model) -> Scan:
             with h5py.File(path, "r") as h5:
                 image = np.asarray(h5["image"], dtype=np.float32)
         except (OSError, KeyError) as error:
-            raise PipelineError(f"{path}: unreadable .h5 slice ({' '.join(str(error).split())[:120]})") from None
+            raise PipelineError(f"{path}: unreadable .h5 slice ({one_line(error, 120)})") from None
         if image.ndim != 3 or image.shape[-1] != len(model.source_channels):
             raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {len(model.source_channels)}) "
                                 f"with channels {model.source_channels}")

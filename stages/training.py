@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.augment import Augmenter
+from stages.cli import one_line
 from stages.config import TrainParams
 from stages.fileio import atomic_file
 from stages.inference import predict_probabilities
@@ -271,7 +272,7 @@ def matching_checkpoint(path: Path | None, key: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG states
     except Exception as error:  # a damaged checkpoint only costs the resume
-        log.warning("%s: unreadable (%s); training from scratch", path, " ".join(str(error).split())[:120])
+        log.warning("%s: unreadable (%s); training from scratch", path, one_line(error, 120))
         return None
     if state.get("fingerprint") != key:
         log.info("%s: written with other settings; training from scratch", path)

@@ -38,17 +38,19 @@ def restore_rng_state():
 
 @pytest.fixture
 def realdata_coco() -> Path:
-    path = REALDATA / "tumor_coco_sample"
-    if not path.is_dir():
-        pytest.skip(f"real COCO excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
-    return path
+    return _realdata("tumor_coco_sample", "COCO")
 
 
 @pytest.fixture
 def realdata_lgg() -> Path:
-    path = REALDATA / "lgg_sample"
+    return _realdata("lgg_sample", "LGG")
+
+
+def _realdata(folder: str, name: str) -> Path:
+    """A real excerpt beside the checkout, or a skip that says where it was looked for."""
+    path = REALDATA / folder
     if not path.is_dir():
-        pytest.skip(f"real LGG excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
+        pytest.skip(f"real {name} excerpt not found at {path} (set BTS_REALDATA to the realdata folder)")
     return path
 
 

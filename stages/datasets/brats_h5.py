@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 from stages.datasets.base import Case, CaseRef
 
 DATA_DIR = Path("BraTS2020_training_data/content/data")
@@ -59,7 +59,7 @@ def read_slice(path: Path, image_channels: int, mask_channels: int) -> tuple[np.
     except PipelineError:
         raise
     except (OSError, KeyError, ValueError) as error:
-        raise PipelineError(f"{path}: unreadable HDF5 ({_one_line(error)}); the file is truncated or corrupt, re-run the download stage") from None
+        raise PipelineError(f"{path}: unreadable HDF5 ({one_line(error)}); the file is truncated or corrupt, re-run the download stage") from None
     if image.ndim != 3 or image.shape[-1] != image_channels:
         raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {image_channels}) per data.brats2020.image_channels")
     if mask.shape != image.shape[:2] + (mask_channels,):
@@ -94,7 +94,3 @@ def read_case(case: CaseRef, options) -> Case:
     return Case(case.case_id, np.stack(images), (np.stack(masks) > 0).astype(np.uint8),
                 tuple(options.input_channels), tuple(options.mask_channels),
                 np.asarray(case.extra["slices"]), tuple(str(p.relative_to(case.root)) for p in case.files))
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -28,7 +28,7 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 from tqdm import tqdm
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 from stages.datasets import phantom
 from stages.datasets.base import Case, CaseRef
 
@@ -253,7 +253,7 @@ def _load_volume(path: Path, dtype=None) -> np.ndarray:
         image_class = nib.Nifti2Image if raw[:4] in _NIFTI2_SIZEOF_HDR else nib.Nifti1Image
         volume = np.asanyarray(image_class.from_bytes(raw).dataobj, dtype=dtype)
     except _UNREADABLE as error:
-        raise PipelineError(f"{path}: unreadable NIfTI ({_one_line(error)}); truncated or corrupt; re-run the download stage") from None
+        raise PipelineError(f"{path}: unreadable NIfTI ({one_line(error)}); truncated or corrupt; re-run the download stage") from None
     if volume.ndim > 3 and all(n == 1 for n in volume.shape[3:]):
         volume = volume.reshape(volume.shape[:3])  # some writers add singleton time/vector axes
     if volume.ndim != 3:
@@ -289,7 +289,3 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 
 HANDLE = re.compile(r"[\w.-]+/[\w.-]+/versions/\d+")
 CREDENTIALS_HINT = ("set KAGGLE_USERNAME and KAGGLE_KEY or create ~/.kaggle/kaggle.json "
@@ -29,7 +29,7 @@ def download(handle: str) -> Path:
     try:
         path = kagglehub.dataset_download(handle)
     except Exception as error:  # kagglehub raises many types (HTTP, auth, connection): all mean "could not fetch"
-        raise PipelineError(f"could not download Kaggle dataset {handle}: {_one_line(error)}; {CREDENTIALS_HINT}") from None
+        raise PipelineError(f"could not download Kaggle dataset {handle}: {one_line(error, 200)}; {CREDENTIALS_HINT}") from None
     return Path(path)
 
 
@@ -50,8 +50,3 @@ def _link_tree(source: Path, destination: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for name in files:
             os.link(Path(folder) / name, target / name)
-
-
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:200] + "..."

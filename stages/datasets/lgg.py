@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.cli import PipelineError
+from stages.cli import PipelineError, one_line
 from stages.datasets import phantom
 from stages.datasets.base import Case, CaseRef
 
@@ -225,7 +225,7 @@ def _read_tif(path: Path) -> np.ndarray:
             raise PipelineError(f"{path}: empty file; {DOWNLOAD_HINT}")
         array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except (OSError, cv2.error) as error:
-        raise PipelineError(f"{path}: unreadable ({' '.join(str(error).split())}); {DOWNLOAD_HINT}") from None
+        raise PipelineError(f"{path}: unreadable ({one_line(error)}); {DOWNLOAD_HINT}") from None
     if array is None or array.size == 0:
         raise PipelineError(f"{path}: unreadable TIFF; the file is truncated or corrupt, {DOWNLOAD_HINT}")
     return array

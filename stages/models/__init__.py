@@ -36,7 +36,7 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     """Model (eval mode, on CPU) and the checkpoint dict written by the train stage."""
     import torch
 
-    from stages.cli import PipelineError
+    from stages.cli import PipelineError, one_line
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -48,6 +48,6 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run the train stage first") from None
     except Exception as error:  # torch.load raises many types (EOF, unpickling, zip) for a damaged file
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        reason = one_line(error, 200)
         raise PipelineError(f"{path}: not a checkpoint of this pipeline ({reason}); re-run the train stage") from None
     return model.eval(), checkpoint
