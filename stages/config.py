@@ -137,6 +137,17 @@ class AugmentParams(Section):
     elastic: Probability
 
 
+class SpeedParams(Section):
+    """How training runs, not what it learns: precision, memory layout, compilation, the data path."""
+
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool  # CUDA: NHWC layout for convolutions
+    compile: bool  # torch.compile the model
+    loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)]  # auto: 0 on CPU, min(8, cores - 1) on CUDA
+    prefetch_batches: PositiveInt  # batches each loader process reads ahead
+    augment_on: Literal["auto", "cpu", "device"]  # auto: device (batched torch) on CUDA, cpu (albumentations) on CPU
+
+
 class TrainParams(Section):
     models: Annotated[list[ModelName], Field(min_length=1)]
     epochs: PositiveInt
@@ -169,6 +180,7 @@ class TrainParams(Section):
     num_threads: Annotated[int, Field(ge=0)]
     nproc: PositiveInt  # processes (GPUs) of one training; > 1 launches torchrun with DistributedDataParallel
     sync_batchnorm: bool
+    speed: SpeedParams
 
 
 class EvaluateParams(Section):

@@ -54,15 +54,16 @@ def main(argv: Sequence[str]) -> None:
     device = pick_device("cpu" if params.train.device == "cpu" else "auto")
     set_threads(params.train.num_threads)
     model = model.to(device)
+    precision = params.train.speed.precision  # bf16 on a GPU under auto, as in training's validation
 
     sweep = None
     threshold = settings.threshold
     if settings.threshold_from == "validation":
         val = data["val"]
-        threshold, sweep = choose_threshold(predict_probabilities(model, val.images, device), val.masks, val.index,
+        threshold, sweep = choose_threshold(predict_probabilities(model, val.images, device, precision=precision), val.masks, val.index,
                                             settings.threshold_grid)
         log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
-    probabilities = predict_probabilities(model, test.images, device)
+    probabilities = predict_probabilities(model, test.images, device, precision=precision)
     per_slice, per_case, metrics = evaluate_targets(probabilities > threshold, test.masks, test.index, targets,
                                                     size_buckets=dict(settings.size_buckets))
     pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k], PR_THRESHOLDS).assign(target=name)

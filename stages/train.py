@@ -86,7 +86,9 @@ def main(argv: Sequence[str]) -> None:
     live = _open_live(Path("dvclive") / args.dataset / args.model, checkpoint, fingerprint(config, identity)) \
         if dist.writer else None
     if dist.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
+        layout = torch.channels_last if device.type == "cuda" and config.speed.channels_last else torch.contiguous_format
+        model = torch.nn.parallel.DistributedDataParallel(model.to(device, memory_format=layout),
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
     log.info("%s on %s: %d train / %d val slices, device %s", args.model, args.dataset,
              len(train_split.images), len(val_split.images), device)
 
@@ -109,7 +111,7 @@ def main(argv: Sequence[str]) -> None:
         return  # rank 0 writes the model
     model = unwrap(model)
     model.load_state_dict(result.best_state)
-    decision = _decision_threshold(model, val_split, params.evaluate, device)
+    decision = _decision_threshold(model, val_split, params.evaluate, device, config.speed.precision)
     with atomic_file(folder / "model.pt") as partial:
         torch.save({
             "format_version": MODEL_FORMAT,
@@ -163,16 +165,17 @@ def _code_hash() -> str:
     """Hash of the training code (this stage's library): changed code never resumes an old checkpoint."""
     root = Path(__file__).parent
     files = [root / "train.py", root / "training.py", root / "losses.py", root / "augment.py", root / "inference.py",
+             root / "loader.py", root / "device_augment.py",
              *sorted((root / "models").glob("*.py"))]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
-def _decision_threshold(model, val_split, evaluate, device) -> float:
+def _decision_threshold(model, val_split, evaluate, device, precision: str) -> float:
     """The probability threshold stored with the model: fixed, or the one with the best mean
     per-case validation Dice over evaluate.threshold_grid (the evaluate stage picks the same)."""
     if evaluate.threshold_from != "validation":
         return evaluate.threshold
-    threshold, _ = choose_threshold(predict_probabilities(model, val_split.images, device), val_split.masks,
+    threshold, _ = choose_threshold(predict_probabilities(model, val_split.images, device, precision=precision), val_split.masks,
                                     val_split.index, evaluate.threshold_grid)
     return threshold
 
