@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -45,8 +46,14 @@ def default_batch(device: torch.device) -> int:
 
 
 def _to_device(images: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    # fp16 slices cross the bus as they are stored (half the bytes of fp32), widened on the device
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).float()
+    if device.type == "cpu":
+        return torch.from_numpy(np.array(images, dtype=np.float32))
+    # fp16 slices cross the bus as they are stored (half the bytes of fp32), widened on the device;
+    # a read-only memmap is only read here, so torch's warning about non-writable arrays does not apply
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor.to(device).float()
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 

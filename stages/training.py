@@ -120,6 +120,65 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams, steps_
     return None
 
 
+class Stepper:
+    """One optimisation step exactly as `fit` runs it (stages.bench times this same object).
+
+    On CUDA: the model in channels_last, cuDNN autotuning, bf16 autocast for the forward pass
+    (train.speed.precision) with the loss in fp32, optionally torch.compile; batches arrive
+    pinned and are copied without blocking, then widened from fp16/uint8 on the device.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainParams, device: torch.device, optimizer: torch.optim.Optimizer,
+                 loss_fn: Loss):
+        speed = config.speed
+        self.device, self.optimizer, self.loss_fn, self.grad_clip = device, optimizer, loss_fn, config.grad_clip
+        self.model = model
+        self.channels_last = device.type == "cuda" and speed.channels_last
+        if unwrap(model) is model:  # a DistributedDataParallel model was placed before wrapping (train.py)
+            model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
+        self.forward = torch.compile(model) if speed.compile else model  # shares the parameters with `model`
+        self.precision_setting = speed.precision
+        self.precision = autocast_dtype(speed.precision, device)
+
+    def backward(self, images: torch.Tensor, masks: torch.Tensor, augmenter: DeviceAugmenter | None = None,
+                 epoch: int = 0, batch: int = 0) -> torch.Tensor:
+        """Forward and backward pass of one batch; returns the loss (detached, still on the device)."""
+        images = images.to(self.device, non_blocking=True).float()
+        masks = masks.to(self.device, non_blocking=True).float()
+        if augmenter is not None:
+            images, masks = augmenter(images, masks, epoch, batch)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            outputs = self.forward(images)
+        loss = self.loss_fn.deep(_as_float(outputs), masks)  # the loss itself in fp32
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach()
+
+    def update(self) -> None:
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+
+def training_batches(train: SliceSet, config: TrainParams, device: torch.device,
+                     dist: Distributed = SINGLE) -> tuple[torch.utils.data.DataLoader, object, DeviceAugmenter | None]:
+    """The loader of training batches, its epoch plan, and the augmenter to run on the device (or None
+    when augmentation is off or runs on the CPU in the loader: train.speed.augment_on)."""
+    speed = config.speed
+    on_device = speed.augment_on == "device" or (speed.augment_on == "auto" and device.type == "cuda")
+    seed = config.seed + 7919 * dist.rank
+    cpu_augmenter = Augmenter(config.augment, seed)
+    active = cpu_augmenter.active
+    loader, plan = make_loader(train.images, train.masks, batch_size=config.batch_size // dist.world, seed=config.seed,
+                               speed=speed, device=device, augmenter=cpu_augmenter if active and not on_device else None,
+                               rank=dist.rank, world=dist.world)
+    return loader, plan, DeviceAugmenter(config.augment, seed) if active and on_device else None
+
+
 @dataclass(frozen=True)
 class TrainResult:
     best_state: dict[str, torch.Tensor]
@@ -148,28 +207,13 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     model is DistributedDataParallel, each process trains on its shard with batch_size / world,
     losses are averaged over processes and only rank 0 writes.
     """
-    speed = config.speed
-    cuda = device.type == "cuda"
-    channels_last = cuda and speed.channels_last
-    if unwrap(model) is model:  # a DistributedDataParallel model was placed before wrapping (train.py)
-        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
-    forward = torch.compile(model) if speed.compile else model  # shares the parameters: saving `model` saves them
-    precision = autocast_dtype(speed.precision, device)
-    batch_size = config.batch_size // dist.world
-    optimizer = make_optimizer(model, config, device)
+    optimizer = make_optimizer(unwrap(model), config, device)
     loss_fn = make_loss(config)
-    on_device = speed.augment_on == "device" or (speed.augment_on == "auto" and cuda)
-    augment_seed = config.seed + 7919 * dist.rank
-    cpu_augmenter = Augmenter(config.augment, augment_seed)
-    device_augmenter = DeviceAugmenter(config.augment, augment_seed) if on_device and cpu_augmenter.active else None
-    loader, plan = make_loader(train.images, train.masks, batch_size=batch_size, seed=config.seed, speed=speed,
-                               device=device, augmenter=cpu_augmenter if cpu_augmenter.active and not on_device else None,
-                               rank=dist.rank, world=dist.world)
+    stepper = Stepper(model, config, device, optimizer, loss_fn)
+    loader, plan, device_augmenter = training_batches(train, config, device, dist)
     steps = len(plan)
     scheduler = make_scheduler(optimizer, config, steps)
-    check_every = 1 if not cuda else 32  # reading the loss back waits for the GPU: not at every step
+    check_every = 1 if device.type == "cpu" else 32  # reading the loss back waits for the GPU: not at every step
     key = fingerprint(config, identity or {})
     history: list[dict] = []
     best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
@@ -199,28 +243,15 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                         disable=None if dist.writer else True)
         for batch, (images, masks) in enumerate(progress, start=1):
-            images = images.to(device, non_blocking=True).float()
-            masks = masks.to(device, non_blocking=True).float()
-            if device_augmenter is not None:
-                images, masks = device_augmenter(images, masks, epoch, batch)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                outputs = forward(images)
-            loss = loss_fn.deep(_as_float(outputs), masks)  # the loss itself in fp32
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            losses.append(loss.detach())
+            losses.append(stepper.backward(images, masks, device_augmenter, epoch, batch))
             if batch % check_every == 0 or batch == steps:
                 _check_finite(losses, epoch, batch, check_every)
                 progress.set_postfix(loss=f"{losses[-1].item():.4f}")
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            stepper.update()
             if config.schedule == "onecycle":
                 scheduler.step()
         # every process scores the whole validation split with the same weights: the same decisions
-        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device, speed.precision)
+        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device, config.speed.precision)
         epoch_loss = float(torch.stack(losses).mean())
         train_loss = epoch_loss if dist.world == 1 else dist.mean(epoch_loss)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_case_dice": val_dice,
