@@ -45,7 +45,7 @@ from stages.fileio import write_json
 from stages.inference import pick_device, predict_masks, set_threads
 from stages.models import create_model
 from stages.slices import SliceSet
-from stages.training import Stepper, fit, make_loss, make_optimizer, training_batches
+from stages.training import Stepper, fit, make_loss, training_batches
 
 log = logging.getLogger("stages.bench")
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str]) -> None:
     if not args.skip_baseline:
         results["seed_style_fp32"] = timed_steps(seed_style_step(make(), config, device, args), args, device)
     model = make()
-    stepper = Stepper(model, config, device, make_optimizer(model, config, device), make_loss(config))
+    stepper = Stepper(model, config, device)
     reset_peak(device)
     results["synthetic"] = timed_steps(synthetic_step(stepper, args, device), args, device)
     results["synthetic"]["peak_memory_gib"] = peak_gib(device)

@@ -128,14 +128,14 @@ class Stepper:
     pinned and are copied without blocking, then widened from fp16/uint8 on the device.
     """
 
-    def __init__(self, model: nn.Module, config: TrainParams, device: torch.device, optimizer: torch.optim.Optimizer,
-                 loss_fn: Loss):
+    def __init__(self, model: nn.Module, config: TrainParams, device: torch.device):
         speed = config.speed
-        self.device, self.optimizer, self.loss_fn, self.grad_clip = device, optimizer, loss_fn, config.grad_clip
-        self.model = model
+        self.device, self.model, self.grad_clip = device, model, config.grad_clip
         self.channels_last = device.type == "cuda" and speed.channels_last
         if unwrap(model) is model:  # a DistributedDataParallel model was placed before wrapping (train.py)
             model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.optimizer = make_optimizer(unwrap(model), config, device)  # after placing: fused needs CUDA parameters
+        self.loss_fn = make_loss(config)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: autotune each convolution once
         self.forward = torch.compile(model) if speed.compile else model  # shares the parameters with `model`
@@ -207,9 +207,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     model is DistributedDataParallel, each process trains on its shard with batch_size / world,
     losses are averaged over processes and only rank 0 writes.
     """
-    optimizer = make_optimizer(unwrap(model), config, device)
-    loss_fn = make_loss(config)
-    stepper = Stepper(model, config, device, optimizer, loss_fn)
+    stepper = Stepper(model, config, device)
+    optimizer, loss_fn = stepper.optimizer, stepper.loss_fn
     loader, plan, device_augmenter = training_batches(train, config, device, dist)
     steps = len(plan)
     scheduler = make_scheduler(optimizer, config, steps)

@@ -11,7 +11,7 @@ from stages.config import parse_params
 from stages.device_augment import DeviceAugmenter
 from stages.inference import autocast_dtype, predict_masks, predict_probabilities
 from stages.models import create_model
-from stages.training import Diverged, Stepper, _check_finite, fit, make_loss, make_optimizer, training_batches
+from stages.training import Diverged, Stepper, _check_finite, fit, training_batches
 from tests.conftest import default_params
 from tests.test_training import circles
 
@@ -22,10 +22,6 @@ def config(speed=None, augment=None, **train):
     raw["train"]["speed"].update(speed or {})
     raw["train"]["augment"].update(augment or {})
     return parse_params(raw).train
-
-
-def stepper_for(model, cfg, device):
-    return Stepper(model, cfg, device, make_optimizer(model, cfg, device), make_loss(cfg))
 
 
 @pytest.mark.parametrize(("precision", "device", "expected"), [
@@ -42,7 +38,7 @@ def test_bf16_step_on_the_cpu_learns_like_fp32():
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = create_model("unet", in_channels=1, base_channels=4, depth=2)
-        stepper = stepper_for(model, config({"precision": precision}, learning_rate=0.01), torch.device("cpu"))
+        stepper = Stepper(model, config({"precision": precision}, learning_rate=0.01), torch.device("cpu"))
         for _ in range(5):
             loss = stepper.backward(images, masks)
             stepper.update()
@@ -89,7 +85,7 @@ def test_compiled_step_trains_the_model_it_was_given():
     torch.manual_seed(0)
     model = create_model("unet", in_channels=1, base_channels=4, depth=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stepper = stepper_for(model, config({"compile": True}, learning_rate=0.01), torch.device("cpu"))
+    stepper = Stepper(model, config({"compile": True}, learning_rate=0.01), torch.device("cpu"))
     assert stepper.forward is not model
     for _ in range(2):
         loss = stepper.backward(images, masks)
@@ -104,7 +100,7 @@ def test_cuda_step_runs_bf16_channels_last_with_a_fused_optimizer():
     data = circles(32, seed=1)
     model = create_model("unet", in_channels=1, base_channels=8, depth=2)
     cfg = config(learning_rate=0.01, optimizer="adamw")
-    stepper = stepper_for(model, cfg, device)
+    stepper = Stepper(model, cfg, device)
     assert stepper.precision == torch.bfloat16 and stepper.optimizer.defaults["fused"]
     weight = next(p for p in model.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)
