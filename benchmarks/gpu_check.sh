@@ -29,6 +29,7 @@ if [ "$PART" = quick ] || [ "$PART" = all ]; then
   bench u32-b32-eager --base-channels 32 --batch 32 --steps 100 --skip-baseline
   bench u32-b128 --base-channels 32 --batch 128 --compile --steps 40 --skip-baseline
   bench u64-b32 --base-channels 64 --batch 32 --compile --steps 60
+  bench u32-b32-cpuaug --base-channels 32 --batch 32 --compile --steps 100 --skip-baseline --augment-on cpu
   bench u32-b32-bc --base-channels 32 --batch 32 --compile --steps 100 --skip-baseline \
     --augment hflip=0.5,affine=0.5,brightness_contrast=0.5,elastic=0.2
 fi
