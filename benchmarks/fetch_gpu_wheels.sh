@@ -12,5 +12,5 @@ rm -rf .gpu-wheels && mkdir .gpu-wheels
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
   -d .gpu-wheels "albumentations==$(version albumentations)" "albucore==$(version albucore)" \
   "pydantic==$(version pydantic)" "pydantic-core==$(version pydantic-core)" annotated-types typing-inspection \
-  simsimd stringzilla 2>&1 | grep -v "Location ignored" || true
+  simsimd stringzilla "typing-extensions==$(version typing-extensions)" 2>&1 | grep -v "Location ignored" || true
 ls -la .gpu-wheels; du -sh .gpu-wheels

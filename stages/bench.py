@@ -42,10 +42,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from stages.cli import PipelineError, run_stage
 from stages.config import TrainParams, load_params, parse_params
 from stages.fileio import write_json
-from stages.inference import pick_device, predict_masks, set_threads
+from stages.inference import autocast_dtype, pick_device, predict_masks, set_threads
+from stages.loader import loader_workers
 from stages.models import create_model
 from stages.slices import SliceSet
-from stages.training import Stepper, fit, make_loss, training_batches
+from stages.training import Stepper, augments_on_device, fit, make_loss, training_batches
 
 log = logging.getLogger("stages.bench")
 
@@ -94,7 +95,10 @@ def main(argv: Sequence[str]) -> None:
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": describe(device),
                      "torch": torch.__version__, "python": platform.python_version(),
                      "settings": {k: v for k, v in vars(args).items() if k not in ("params", "json", "workdir")},
-                     "train_speed": config.speed.model_dump()}
+                     "train_speed": config.speed.model_dump(),
+                     "resolved": {"loader_workers": loader_workers(config.speed.loader_workers, device),
+                                  "augment_on": "device" if augments_on_device(config.speed.augment_on, device) else "cpu",
+                                  "autocast": str(autocast_dtype(config.speed.precision, device) or "fp32 (off)").removeprefix("torch.")}}
     make = model_factory(args)
 
     if not args.skip_baseline:

@@ -164,12 +164,18 @@ class Stepper:
         self.optimizer.step()
 
 
+def augments_on_device(setting: str, device: torch.device) -> bool:
+    """train.speed.augment_on: auto -> batched torch on a GPU, albumentations in the loader on a CPU
+    (3-8x faster there per core than the batched code; docs/benchmarks.md)."""
+    return setting == "device" or (setting == "auto" and device.type == "cuda")
+
+
 def training_batches(train: SliceSet, config: TrainParams, device: torch.device,
                      dist: Distributed = SINGLE) -> tuple[torch.utils.data.DataLoader, object, DeviceAugmenter | None]:
     """The loader of training batches, its epoch plan, and the augmenter to run on the device (or None
     when augmentation is off or runs on the CPU in the loader: train.speed.augment_on)."""
     speed = config.speed
-    on_device = speed.augment_on == "device" or (speed.augment_on == "auto" and device.type == "cuda")
+    on_device = augments_on_device(speed.augment_on, device)
     seed = config.seed + 7919 * dist.rank
     cpu_augmenter = Augmenter(config.augment, seed)
     active = cpu_augmenter.active

@@ -58,6 +58,7 @@ def test_tiny_benchmark_on_the_cpu_reports_every_figure(tmp_path, capsys):
     for name in ("seed_style_fp32", "synthetic", "real"):
         assert results[name]["images_per_s"] > 0 and results[name]["steps"] == 3
     assert results["train_speed"]["precision"] == "auto" and results["device"].startswith("CPU")
+    assert results["resolved"] == {"loader_workers": 0, "augment_on": "cpu", "autocast": "fp32 (off)"}
     assert results["inference"]["slices"] == 6 and results["inference"]["seconds"] > 0
     assert results["epoch"]["slices"] == 12 and 0 <= results["epoch"]["val_case_dice"] <= 1
     model = create_model("unet", in_channels=4, out_channels=1, base_channels=4, depth=2)
