@@ -138,3 +138,11 @@ def test_bf16_masks_on_cuda_agree_with_fp32_on_the_cpu():
     cpu = predict_masks(model, data.images, torch.device("cpu"), 0.5)
     gpu = predict_masks(model.to("cuda"), data.images, torch.device("cuda"), 0.5)
     assert (cpu == gpu).mean() > 0.99
+
+
+def test_resume_fingerprint_ignores_speed_only_settings_but_not_precision():
+    from stages.training import fingerprint
+    base = fingerprint(config(), {})
+    assert fingerprint(config({"loader_workers": 6, "prefetch_batches": 2, "compile": True}), {}) == base
+    assert fingerprint(config({"precision": "bf16"}), {}) != base
+    assert fingerprint(config({"augment_on": "device"}), {}) != base  # other draws, other interpolation
