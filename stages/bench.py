@@ -128,7 +128,7 @@ def bench_config(args) -> TrainParams:
     """params.yaml's train section with the benchmark's model size, batch and speed settings."""
     raw = load_params(args.params).model_dump()
     train = raw["train"]
-    train.update(batch_size=args.batch, base_channels=args.base_channels, depth=args.depth, epochs=1,
+    train.update(models=[args.model], batch_size=args.batch, base_channels=args.base_channels, depth=args.depth, epochs=1,
                  early_stopping_patience=0, deep_supervision=False, schedule="constant")
     speed = train["speed"]
     speed["compile"] = args.compile
@@ -148,7 +148,8 @@ def bench_config(args) -> TrainParams:
                 raise PipelineError(f"--augment: unknown transform {name!r}; expected names of train.augment: {sorted(augment)}")
             augment[name] = _float(value, f"--augment {name}")
     raw["preprocess"]["size"] = args.size
-    return parse_params(raw, source=f"{args.params} with the benchmark's settings").train
+    return parse_params(raw, source=f"{args.params} with the benchmark's options (--size is preprocess.size, "
+                                    "--batch train.batch_size, --base-channels/--depth train.*)").train
 
 
 def _int(text: str, what: str) -> int:

@@ -73,7 +73,8 @@ def test_tiny_benchmark_on_the_cpu_reports_every_figure(tmp_path, capsys):
 @pytest.mark.parametrize(("flag", "message"), [(["--augment", "flop=0.5"], "--augment: unknown transform 'flop'"),
                                                (["--augment", "hflip=often"], "--augment hflip: expected a probability"),
                                                (["--workers", "many"], "--workers: expected a whole number"),
-                                               (["--batch", "0"], "train.batch_size")])
+                                               (["--batch", "0"], "train.batch_size"),
+                                               (["--model", "resnet34_unet"], "resnet34_unet needs preprocess.size divisible by 32")])
 def test_bad_benchmark_options_name_the_option(tmp_path, flag, message):
     with pytest.raises(PipelineError, match=message):
         main([*flag, "--json", str(tmp_path / "x.json")])
