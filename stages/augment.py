@@ -17,14 +17,25 @@ import numpy as np
 from stages.config import AugmentParams
 
 
+TRANSFORMS = ("hflip", "vflip", "affine", "brightness_contrast", "gamma", "noise", "elastic")  # their probabilities
+
+
+def any_active(params: AugmentParams) -> bool:
+    return any(getattr(params, name) > 0 for name in TRANSFORMS)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """The random seed of one batch's augmentation, shared by the CPU and the device augmenter."""
+    return ((seed * 100_003 + epoch) * 10_007 + batch) % 2**31
+
+
 class Augmenter:
     """Per-slice augmentation on the CPU, seeded per (seed, epoch, batch): the same batches come out
     after a resume and whatever the number of loader processes that run it."""
 
     def __init__(self, params: AugmentParams, seed: int):
         self.params, self.seed = params, seed
-        self.active = any(getattr(params, name) > 0 for name in
-                          ("hflip", "vflip", "affine", "brightness_contrast", "gamma", "noise", "elastic"))
+        self.active = any_active(params)
         self.intensity_on = any(getattr(params, name) > 0 for name in ("brightness_contrast", "gamma", "noise"))
         self._composes: tuple[A.Compose, A.Compose] | None = None  # built in the process that runs them
 
@@ -54,7 +65,7 @@ class Augmenter:
         if self._composes is None:
             self._composes = self._build()
         geometric, intensity = self._composes
-        seed = ((self.seed * 100_003 + epoch) * 10_007 + batch) % 2**31
+        seed = batch_seed(self.seed, epoch, batch)
         geometric.set_random_seed(seed)
         intensity.set_random_seed(seed + 1)
         out_images, out_masks = np.empty_like(images), np.empty_like(masks)

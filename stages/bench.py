@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stages.augment import TRANSFORMS
 from stages.cli import PipelineError, run_stage
 from stages.config import TrainParams, load_params, parse_params
 from stages.fileio import write_json
@@ -140,7 +141,7 @@ def bench_config(args) -> TrainParams:
         speed["loader_workers"] = args.workers if args.workers == "auto" else _int(args.workers, "--workers")
     if args.augment != "params":
         augment = train["augment"]
-        for name in ("hflip", "vflip", "affine", "brightness_contrast", "gamma", "noise", "elastic"):
+        for name in TRANSFORMS:
             augment[name] = 0.0
         for item in filter(None, args.augment.split(",")) if args.augment != "none" else []:
             name, _, value = item.partition("=")

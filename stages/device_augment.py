@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from stages.augment import any_active, batch_seed
 from stages.config import AugmentParams
 
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0  # pixels, as the CPU path's ElasticTransform
@@ -30,8 +31,7 @@ ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0  # pixels, as the CPU path's ElasticTra
 class DeviceAugmenter:
     def __init__(self, params: AugmentParams, seed: int):
         self.params, self.seed = params, seed
-        self.active = any(getattr(params, name) > 0 for name in
-                          ("hflip", "vflip", "affine", "brightness_contrast", "gamma", "noise", "elastic"))
+        self.active = any_active(params)
         self._kernels: dict[torch.device, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -39,7 +39,7 @@ class DeviceAugmenter:
         """Augment float images (B, C, H, W) and float 0/1 masks (B, K, H, W) on their device; new tensors."""
         p, device = self.params, images.device
         generator = torch.Generator(device=device)
-        generator.manual_seed((self.seed * 100_003 + epoch) * 10_007 + batch)
+        generator.manual_seed(batch_seed(self.seed, epoch, batch))
         count = len(images)
 
         def chosen(probability: float) -> torch.Tensor:
