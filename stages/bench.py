@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import tempfile
 import time
@@ -80,6 +81,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--epoch-slices", type=int, default=0,
                         help="also train one full epoch of this many generated slices (BraTS 2020: 57195)")
     parser.add_argument("--skip-baseline", action="store_true", help="skip the seed-style fp32 loop")
+    parser.add_argument("--ddp", action="store_true",
+                        help="also time the step wrapped in DistributedDataParallel with one process (train.nproc's path)")
+    parser.add_argument("--profile", help="also write a torch.profiler summary of 10 data-path steps to this file")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workdir", help="folder for the generated slice arrays (default: a temporary folder)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
@@ -109,13 +113,20 @@ def main(argv: Sequence[str]) -> None:
     reset_peak(device)
     results["synthetic"] = timed_steps(synthetic_step(stepper, args, device), args, device)
     results["synthetic"]["peak_memory_gib"] = peak_gib(device)
+    if args.ddp:
+        results["ddp_one_process"] = timed_steps(synthetic_step(ddp_stepper(make(), config, device), args, device),
+                                                 args, device)
+        results["ddp_over_plain"] = results["ddp_one_process"]["images_per_s"] / results["synthetic"]["images_per_s"]
     results["flops_per_image"] = training_flops(make(), args, device) / args.batch
     results["matmul_tflops"] = matmul_tflops(device)
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         slices = args.slices or args.batch * (args.warmup + args.steps)
         data = generate_slices(Path(folder) / "train", slices, args)
-        results["real"] = timed_steps(real_step(stepper, data, config, device), args, device)
+        step = real_step(stepper, data, config, device)
+        results["real"] = timed_steps(step, args, device)
+        if args.profile:
+            profile_steps(step, device, Path(args.profile))
         if args.epoch_slices:
             results["epoch"] = full_epoch(make(), config, Path(folder) / "epoch", args, device)
     results["inference"] = inference_volume(stepper, args, device)
@@ -266,6 +277,32 @@ def real_step(stepper: Stepper, data: SliceSet, config: TrainParams, device: tor
     return step
 
 
+def ddp_stepper(model: torch.nn.Module, config: TrainParams, device: torch.device) -> Stepper:
+    """The pipeline's step on a DistributedDataParallel model in a one-process group, placed as train does."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    layout = torch.channels_last if device.type == "cuda" and config.speed.channels_last else torch.contiguous_format
+    wrapped = torch.nn.parallel.DistributedDataParallel(model.to(device, memory_format=layout),
+                                                        device_ids=[device.index or 0] if device.type == "cuda" else None)
+    return Stepper(wrapped, config, device)
+
+
+def profile_steps(step: Callable[[int], None], device: torch.device, path: Path, steps: int = 10) -> None:
+    """Where a data-path step's time goes: torch.profiler's table of the most expensive operations."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for i in range(steps):
+            step(i)
+        synchronize(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    path.write_text(profiler.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60))
+    log.info("profile of %d data-path steps written to %s", steps, path)
+
+
 def training_flops(model: torch.nn.Module, args, device: torch.device) -> float:
     """Floating-point operations of one training step (forward + backward) on a batch, counted by
     torch.utils.flop_counter (matrix products and convolutions: 2 per multiply-add)."""
@@ -367,6 +404,9 @@ def table(results: dict) -> str:
             peak = r.get("peak_memory_gib")
             lines.append(f"{label:<28}{r['images_per_s']:>10.0f}{r['tflops']:>10.2f}{r['share_of_matmul']:>10.0%}"
                          f"{(f'{peak:.1f}' if peak is not None else '-'):>10}")
+    if "ddp_one_process" in results:
+        lines.append(f"{'DDP, one process (on device)':<28}{results['ddp_one_process']['images_per_s']:>10.0f}"
+                     f"   ({results['ddp_over_plain']:.3f} of the plain step)")
     lines.append(f"data path / on device: {results['real_over_synthetic']:.2f}"
                  + (f"; speed-up over seed-style: {results['speedup_over_seed_style']:.2f}x" if "speedup_over_seed_style" in results else ""))
     m = results["matmul_tflops"]
