@@ -4,7 +4,7 @@ against the torch-batched augmenter (augment_on: device), here run on the CPU.
     python benchmarks/augment_throughput.py [--size 240] [--channels 4] [--batch 32]
 
 Slices/s for each set of transforms, one thread, float32 slices as training sees them. On a GPU the
-batched augmenter runs on the device instead (stages.bench measures it inside the training step).
+batched augmenter runs on the device instead (benchmarks/bench.py measures it inside the training step).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.augment import Augmenter  # noqa: E402
-from stages.config import load_params, parse_params  # noqa: E402
-from stages.device_augment import DeviceAugmenter  # noqa: E402
+from btseg.config import load_params, parse_params  # noqa: E402
+from btseg.training.augment import Augmenter  # noqa: E402
+from btseg.training.device_augment import DeviceAugmenter  # noqa: E402
 
 SETS = {
     "flip": {"hflip": 0.5},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch, into .gpu-wheels/, the wheels that the GPU machine's image lacks for stages.bench and the
+# Fetch, into .gpu-wheels/, the wheels that the GPU machine's image lacks for benchmarks/bench.py and the
 # CUDA tests (it has torch, numpy, scipy, pandas, OpenCV, PyYAML, tqdm, pytest, but no albumentations
 # or pydantic, and no internet). Run here, then carry .gpu-wheels with the device call (gpu_check.sh).
 set -euo pipefail

@@ -6,11 +6,11 @@
 #          baseline and a profile, U-Net-64), eager plain vs one-process DDP, albumentations in loader
 #          processes, the CUDA tests, then the full epoch, each skipped when BUDGET seconds
 #          (default 450) would not cover it; results.tgz in $OUT is refreshed after each part.
-# targets: the CUDA tests, then stages.bench at the target sizes (U-Net-32 and U-Net-64,
+# targets: the CUDA tests, then benchmarks/bench.py at the target sizes (U-Net-32 and U-Net-64,
 #          batch 32, compiled, flip+affine through the real data path, seed-style baseline);
 # data:    what the data path costs: eager, augmentation on the CPU in loader processes, heavier
 #          augmentation, batch 128;
-# epoch:   one full BraTS-shaped epoch (57,195 generated slices) through stages.training.fit.
+# epoch:   one full BraTS-shaped epoch (57,195 generated slices) through btseg.training.loop.fit.
 # Everything lands in $OUT (JSON per run, logs); the tables are printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -29,9 +29,9 @@ START=$SECONDS
 fits() {  # seconds a part may take: false (and say so) when the budget would not cover it
   if [ $((SECONDS - START + $1)) -gt "${BUDGET:-450}" ]; then echo "== skipped (budget): $2"; return 1; fi
 }
-bench() {  # name, then stages.bench options
+bench() {  # name, then benchmarks/bench.py options
   local name=$1; shift
-  timeout "${LIMIT:-300}" "$PY" -m stages.bench --json "$OUT/$name.json" "$@" $BENCH_EXTRA > "$OUT/$name.log" 2>&1
+  timeout "${LIMIT:-300}" "$PY" benchmarks/bench.py --json "$OUT/$name.json" "$@" $BENCH_EXTRA > "$OUT/$name.log" 2>&1
   echo "== $name (exit $?): $*"; grep -A12 "^NVIDIA\|^CPU" "$OUT/$name.log" | grep -v "^INFO" || tail -5 "$OUT/$name.log"
 }
 if [ "$PART" = session ]; then

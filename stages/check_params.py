@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
-from stages.cli import run_stage
-from stages.config import load_params
+from btseg.cli import run_stage
+from btseg.config import load_params
 
 log = logging.getLogger("stages.check_params")
 
@@ -26,4 +27,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

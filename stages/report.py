@@ -1,94 +1,31 @@
-"""Stage `report`: failure analysis of the test split into reports/<dataset>/<model>/.
+"""Stage `report`: failure analysis of a model's test split (galleries of the worst cases, missed
+tumors, false alarms and best cases; Dice vs tumor size; the data behind `dvc plots`).
 
-Galleries (MRI slice, then TP/FN/FP overlay with the ground-truth outline; Dice and tumor size in
-each title): worst_cases.png, missed_tumors.png, false_alarms.png and best_cases.png for contrast.
-analysis.png: Dice vs tumor size, per-case Dice distribution, precision-recall curve. The same data
-as CSV for `dvc plots`: dice_vs_size.csv, case_dice.csv, pr_curve.csv. The first target (whole
-tumor / WT) is the one shown; the threshold is the one evaluate chose (evaluation/settings.json).
+    python stages/report.py --dataset brats2020 --model unet --evaluation reports/brats2020/unet/evaluation \
+        --slices data/slices/brats2020 --out reports/brats2020/unet
+
+See btseg.evaluation.report for what each output holds.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-
-from stages import failures
-from stages.cli import PipelineError, run_stage, stage_arguments
-from stages.config import load_params
-from stages.fileio import atomic_file
-from stages.plotting import analysis_figure, gallery_figure
-from stages.slices import load_split
-
-log = logging.getLogger("stages.report")
-
-
-def _read_evaluation(evaluation: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
-    try:
-        settings = json.loads((evaluation / "settings.json").read_text(encoding="utf-8"))
-        tables = [pd.read_csv(evaluation / f"{name}.csv", dtype={"case_id": str}) for name in ("per_slice", "per_case", "pr_curve")]
-        probabilities = np.load(evaluation / "probabilities.npy", mmap_mode="r")
-    except FileNotFoundError as error:
-        raise PipelineError(f"{error.filename}: missing; run the evaluate stage first") from None
-    return settings, *tables, probabilities
-
-
-def _save(figure, path: Path) -> None:
-    with atomic_file(path) as partial:
-        figure.savefig(partial, dpi=100, format="png")
-    plt.close(figure)
+from btseg.cli import run_stage, stage_arguments
+from btseg.config import load_params
+from btseg.evaluation.report import write_report
 
 
 def main(argv: Sequence[str]) -> None:
-    args = stage_arguments(__doc__, model=True).parse_args(argv)
-    params = load_params(args.params)
-    out = Path("reports") / args.dataset / args.model
-    settings, per_slice, per_case, pr_curve, probabilities = _read_evaluation(out / "evaluation")
-    test = load_split(Path("data/slices") / args.dataset, "test")
-    target = next(iter(test.meta["targets"]))  # the first target (whole tumor / WT) is the one plotted
-    per_slice = per_slice[per_slice.target == target].reset_index(drop=True)
-    per_case = per_case[per_case.target == target].reset_index(drop=True)
-    pr_curve = pr_curve[pr_curve.target == target].reset_index(drop=True)
-    if len(per_slice) != len(test.images) or len(probabilities) != len(test.images):
-        raise PipelineError(f"{out / 'evaluation'}: {len(per_slice)} rows for {len(test.images)} test slices; re-run evaluate")
-    threshold = float(settings["threshold"])
-    channels = test.meta["channels"]
-    wanted = params.report.display_channel
-    channel = channels.index(wanted) if wanted in channels else 0
-    k = params.report.worst_k
-    where = f"{args.dataset} / {args.model}, test split, {target} ({channels[channel]}), threshold {threshold:.2f}"
-
-    galleries = {
-        "worst_cases": (failures.worst_cases(per_case, per_slice, k), "worst cases by per-case Dice", "no case with tumor or prediction"),
-        "missed_tumors": (failures.missed_tumors(per_slice, k), "missed tumors (tumor present, nothing predicted)", "no missed tumor"),
-        "false_alarms": (failures.false_alarms(per_slice, k), "false alarms (no tumor, something predicted)", "no false alarm"),
-        "best_cases": (failures.best_cases(per_case, per_slice, k), "best cases by per-case Dice", "no case with tumor"),
-    }
-    for name, (chosen, what, empty) in galleries.items():
-        rows = chosen.index.to_numpy()
-        figure = gallery_figure(test.images[rows, channel].astype(np.float32), test.masks[rows, 0],
-                                probabilities[rows, 0] > threshold, chosen.title.tolist(), f"{what}\n{where}",
-                                f"{empty} at threshold {threshold:.2f}")
-        _save(figure, out / f"{name}.png")
-    _save(analysis_figure(per_slice, per_case, pr_curve, threshold, where), out / "analysis.png")
-
-    tumor = per_slice[per_slice.truth_pixels > 0]
-    plots = {
-        "dice_vs_size": tumor[["case_id", "slice_index", "truth_pixels", "dice"]].rename(columns={"truth_pixels": "tumor_pixels"}),
-        "case_dice": per_case[["case_id", "dice", "hd95_px"]].sort_values("dice", kind="stable"),
-        "pr_curve": pr_curve[["threshold", "recall", "precision", "dice"]],
-    }
-    for name, table in plots.items():
-        with atomic_file(out / f"{name}.csv") as partial:
-            table.to_csv(partial, index=False, float_format="%.6f")
-    log.info("%s/%s: galleries (%s), analysis.png and plot data written", args.dataset, args.model,
-             ", ".join(f"{len(chosen)} {name}" for name, (chosen, _, _) in galleries.items()))
+    parser = stage_arguments(__doc__, model=True)
+    parser.add_argument("--evaluation", type=Path, required=True, help="the evaluate stage's folder for this model")
+    parser.add_argument("--slices", type=Path, required=True, help="the dataset's preprocessed slices (test)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the figures and plot tables")
+    args = parser.parse_args(argv)
+    write_report(args.dataset, args.model, args.evaluation, args.slices, args.out, load_params(args.params))
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

@@ -12,7 +12,21 @@ import pytest
 import torch
 import yaml
 
+from btseg.cli import stage_command
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def stage_argv(*args: str) -> list[str]:
+    """`stages.<name> --dataset D [--model M] [more options]` as the command line dvc.yaml runs for
+    that stage and matrix item (its paths included), with the further options appended."""
+    options, items = list(args[1:]), {}
+    for key in ("dataset", "model"):
+        if f"--{key}" in options:
+            at = options.index(f"--{key}")
+            items[key] = options[at + 1]
+            del options[at:at + 2]
+    return [*stage_command(args[0].removeprefix("stages."), REPO, **items), *options]
 # Real excerpts live beside the checkout (never copied into the repo); override with BTS_REALDATA.
 REALDATA = Path(os.environ.get("BTS_REALDATA", REPO.parent / "shared" / "realdata"))
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.augment import Augmenter
-from stages.config import parse_params
-from stages.device_augment import DeviceAugmenter
+from btseg.config import parse_params
+from btseg.training.augment import Augmenter
+from btseg.training.device_augment import DeviceAugmenter
 from tests.conftest import default_params
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from stages.bench import main, training_flops
-from stages.cli import PipelineError
-from stages.models import create_model
+from benchmarks.bench import main, training_flops
+from btseg.errors import PipelineError
+from btseg.models import create_model
 
 
 def hand_counted_training_flops(model: nn.Module, images: torch.Tensor) -> int:

@@ -1,4 +1,4 @@
-"""stages.config: the repository's params.yaml loads; every kind of mistake is one line naming the key."""
+"""btseg.config: the repository's params.yaml loads; every kind of mistake is one line naming the key."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pydantic
 import pytest
 import yaml
 
-from stages.cli import PipelineError
-from stages.config import Params, load_params, parse_params
+from btseg.config import Params, load_params, parse_params
+from btseg.errors import PipelineError
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 RAW = yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8"))
@@ -260,7 +260,8 @@ def test_regions_target_is_valid_for_brats_datasets_only():
 @pytest.mark.parametrize("train, fragment", [
     ({"deep_supervision": True, "depth": 1}, "train.deep_supervision: needs train.depth >= 2"),
     ({"deep_supervision": True, "models": ["unet", "resnet34_unet"]}, "train.deep_supervision: not available for resnet34_unet"),
-    ({"encoder_weights": "/no/such/resnet34.pth", "models": ["resnet34_unet"]}, "train.encoder_weights: file /no/such/resnet34.pth not found"),
+    ({"encoder_weights": "/no/such/resnet34.pth", "models": ["resnet34_unet"]},
+     "train.encoder_weights: file /no/such/resnet34.pth not found"),
     ({"schedule": "cosine", "warmup_epochs": 20, "epochs": 20}, "train.warmup_epochs: 20 leaves no epoch"),
     ({"models": ["resnet34_unet"], "depth": 2}, None),  # valid: size 64 is divisible by 32
 ])

@@ -1,10 +1,10 @@
-"""stages.failures: which test slices the galleries show, from hand-made per-slice / per-case tables."""
+"""btseg.evaluation.failures: which test slices the galleries show, from hand-made per-slice / per-case tables."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from stages import failures
+from btseg.evaluation import failures
 
 # two slices per case; row index = the slice's row in the test arrays
 PER_SLICE = pd.DataFrame({

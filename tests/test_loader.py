@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.augment import Augmenter
-from stages.config import parse_params
-from stages.loader import EpochPlan, SliceBatches, loader_workers, make_loader
+from btseg.config import parse_params
+from btseg.training.augment import Augmenter
+from btseg.training.loader import EpochPlan, SliceBatches, loader_workers, make_loader
 from tests.conftest import default_params
 
 

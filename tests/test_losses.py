@@ -1,4 +1,4 @@
-"""stages.losses: soft Dice and BCE + Dice on logits, with exact values on tiny tensors."""
+"""btseg.training.losses: soft Dice and BCE + Dice on logits, with exact values on tiny tensors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.losses import bce_dice_loss, soft_dice_loss
+from btseg.training.losses import bce_dice_loss, soft_dice_loss
 
 
 def circle(size: int = 16, radius: float = 5.0) -> torch.Tensor:
@@ -134,14 +134,14 @@ def _random_pair(seed: int = 0, shape=(2, 3, 8, 8)):
 
 
 def test_tversky_with_equal_weights_and_no_smoothing_is_soft_dice():
-    from stages.losses import soft_dice_loss, tversky_loss
+    from btseg.training.losses import soft_dice_loss, tversky_loss
 
     logits, target = _random_pair()
     torch.testing.assert_close(tversky_loss(logits, target, 0.5, 0.5, smooth=0.0), soft_dice_loss(logits, target, smooth=0.0))
 
 
 def test_tversky_beta_penalises_missed_tumor_more():
-    from stages.losses import tversky_loss
+    from btseg.training.losses import tversky_loss
 
     target = torch.zeros(1, 1, 4, 4)
     target[..., :2, :] = 1
@@ -151,7 +151,7 @@ def test_tversky_beta_penalises_missed_tumor_more():
 
 
 def test_focal_with_gamma_zero_is_bce_and_gamma_down_weights_easy_pixels():
-    from stages.losses import focal_loss
+    from btseg.training.losses import focal_loss
 
     logits, target = _random_pair(1)
     torch.testing.assert_close(focal_loss(logits, target, 0.0), F.binary_cross_entropy_with_logits(logits, target))
@@ -159,7 +159,7 @@ def test_focal_with_gamma_zero_is_bce_and_gamma_down_weights_easy_pixels():
 
 
 def test_dice_batch_reduction_pools_pixels_of_the_batch():
-    from stages.losses import soft_dice_loss
+    from btseg.training.losses import soft_dice_loss
 
     logits = torch.tensor([[[[10.0, -10.0]]], [[[-10.0, -10.0]]]])  # image 0 right, image 1 predicts nothing
     target = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
@@ -170,7 +170,7 @@ def test_dice_batch_reduction_pools_pixels_of_the_batch():
 
 
 def test_deep_supervision_loss_weights_halve_per_level():
-    from stages.losses import Loss
+    from btseg.training.losses import Loss
 
     loss = Loss("bce")
     target = torch.ones(1, 1, 4, 4)
@@ -180,7 +180,7 @@ def test_deep_supervision_loss_weights_halve_per_level():
 
 
 def test_unknown_loss_name_lists_the_valid_ones():
-    from stages.losses import Loss
+    from btseg.training.losses import Loss
 
     with pytest.raises(ValueError, match="unknown loss 'dicee'; expected one of"):
         Loss("dicee")

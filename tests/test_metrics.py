@@ -1,4 +1,4 @@
-"""stages.metrics: counts, the four overlap scores, the empty-mask convention, per-slice/per-case tables."""
+"""btseg.evaluation.metrics: counts, the four overlap scores, the empty-mask convention, per-slice/per-case tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.metrics import METRICS, confusion_counts, per_case_table, per_slice_table, scores, summary
+from btseg.evaluation.metrics import METRICS, confusion_counts, per_case_table, per_slice_table, scores, summary
 
 
 def masks(*rows: str) -> np.ndarray:
@@ -250,9 +250,18 @@ def test_random_masks_match_set_based_reference():
 
 # --- specificity, HD95, size difference ------------------------------------------------------
 
-from stages.metrics import (BRATS_LEGACY_HD95, bucket_summary, counts_at_thresholds, dice_conventions,  # noqa: E402
-                            evaluate_targets, hd95, per_case_metrics, per_slice_metrics, precision_recall_curve,
-                            size_bucket, specificity, threshold_sweep)
+from btseg.evaluation.metrics import (  # noqa: E402
+    BRATS_LEGACY_HD95,
+    bucket_summary,
+    dice_conventions,
+    evaluate_targets,
+    hd95,
+    per_case_metrics,
+    per_slice_metrics,
+    size_bucket,
+    specificity,
+)
+from btseg.evaluation.thresholds import counts_at_thresholds, precision_recall_curve, threshold_sweep  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -359,7 +368,7 @@ def test_dice_conventions_hand_computed():
     assert result["brats_legacy"] == result["ours"]
     assert result["nnunet"] == pytest.approx((0 + 0 + 2 / 3) / 3)  # both-empty case skipped
     assert result["monai_ignore_empty"] == pytest.approx((0 + 2 / 3) / 2)  # every empty-truth case skipped
-    from stages.metrics import brats_legacy_hd95
+    from btseg.evaluation.metrics import brats_legacy_hd95
     assert brats_legacy_hd95(per_case) == pytest.approx((0 + 2 * BRATS_LEGACY_HD95 + 4) / 4)
     only_empty = dice_conventions(per_case.iloc[:1])
     assert only_empty["nnunet"] is None and only_empty["monai_ignore_empty"] is None and only_empty["ours"] == 1.0
@@ -426,7 +435,7 @@ def test_evaluate_targets_summary_is_compact_and_per_target_with_regions():
 
 
 def test_choose_threshold_takes_the_best_case_dice_and_the_lowest_on_ties():
-    from stages.metrics import choose_threshold
+    from btseg.evaluation.thresholds import choose_threshold
 
     truth = np.zeros((2, 1, 1, 4), np.uint8)
     truth[0, 0, 0, :2] = 1  # case a: two tumor pixels

@@ -1,15 +1,15 @@
-"""stages.models: the registry, output shapes, bad inputs, a tiny overfit, checkpoint round trip."""
+"""btseg.models: the registry, output shapes, bad inputs, a tiny overfit, checkpoint round trip."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stages.cli import PipelineError
-from stages.losses import bce_dice_loss
-from stages.models import MODELS, create_model, load_checkpoint
-from stages.models.resnet_unet import ResNet34UNet
-from stages.models.unet import ResUNet, UNet
+from btseg.errors import PipelineError
+from btseg.models import MODELS, create_model, load_model_file
+from btseg.models.resnet_unet import ResNet34UNet
+from btseg.models.unet import ResUNet, UNet
+from btseg.training.losses import bce_dice_loss
 
 MODEL_NAMES = ["resunet", "unet"]  # the configurable-depth family; resnet34_unet has its own tests below
 
@@ -158,12 +158,12 @@ def _checkpoint(name: str) -> tuple[torch.nn.Module, dict]:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_load_checkpoint_round_trip(name, tmp_path):
+def test_load_model_file_round_trip(name, tmp_path):
     model, checkpoint = _checkpoint(name)
     path = tmp_path / "model.pt"
     torch.save(checkpoint, path)
 
-    loaded, loaded_checkpoint = load_checkpoint(path)
+    loaded, loaded_checkpoint = load_model_file(path)
 
     assert type(loaded) is MODELS[name]
     assert not loaded.training  # eval mode: BatchNorm uses the stored running statistics
@@ -175,17 +175,17 @@ def test_load_checkpoint_round_trip(name, tmp_path):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
-def test_load_checkpoint_accepts_str_path(tmp_path):
+def test_load_model_file_accepts_str_path(tmp_path):
     _, checkpoint = _checkpoint("unet")
     torch.save(checkpoint, tmp_path / "model.pt")
-    loaded, _ = load_checkpoint(str(tmp_path / "model.pt"))
+    loaded, _ = load_model_file(str(tmp_path / "model.pt"))
     assert isinstance(loaded, UNet)
 
 
-def test_load_checkpoint_missing_file(tmp_path):
+def test_load_model_file_missing_file(tmp_path):
     path = tmp_path / "models" / "brats2020" / "unet" / "model.pt"
     with pytest.raises(PipelineError) as error:
-        load_checkpoint(path)
+        load_model_file(path)
     message = str(error.value)
     assert str(path) in message and "missing" in message
     assert "\n" not in message
@@ -229,19 +229,19 @@ def _unknown_model_arg(path):
         pytest.param(_unknown_model_arg, id="unknown-model-argument"),
     ],
 )
-def test_load_checkpoint_garbage_names_the_path(make_file, tmp_path):
+def test_load_model_file_garbage_names_the_path(make_file, tmp_path):
     path = tmp_path / "model.pt"
     make_file(path)
     with pytest.raises(PipelineError) as error:
-        load_checkpoint(path)
+        load_model_file(path)
     message = str(error.value)
     assert message.startswith(f"{path}: ")
     assert "\n" not in message
 
 
-def test_load_checkpoint_directory_instead_of_file(tmp_path):
+def test_load_model_file_directory_instead_of_file(tmp_path):
     with pytest.raises(PipelineError, match="not a checkpoint") as error:
-        load_checkpoint(tmp_path)
+        load_model_file(tmp_path)
     assert str(tmp_path) in str(error.value)
 
 

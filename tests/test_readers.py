@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.config import parse_params
-from stages.datasets import brats_h5, coco, sample
-from stages.datasets.slicing import preprocess_dataset
-from stages.slices import load_split
+from btseg.config import parse_params
+from btseg.data import brats_h5, coco, sample
+from btseg.errors import PipelineError
+from btseg.preprocessing.dataset import preprocess_dataset
+from btseg.preprocessing.slices import load_split
+
 
 def slice_brats2020(raw, out, params):
     return preprocess_dataset("brats2020", raw, out, params)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.config import parse_params
-from stages.device_augment import DeviceAugmenter
-from stages.inference import autocast_dtype, predict_masks, predict_probabilities
-from stages.models import create_model
-from stages.training import Diverged, Stepper, _check_finite, fit, training_batches
+from btseg.config import parse_params
+from btseg.inference.batched import autocast_dtype, predict_masks, predict_probabilities
+from btseg.models import create_model
+from btseg.training.device_augment import DeviceAugmenter
+from btseg.training.loop import Diverged, Stepper, _check_finite, fit, training_batches
 from tests.conftest import default_params
 from tests.test_training import circles
 
@@ -141,7 +141,7 @@ def test_bf16_masks_on_cuda_agree_with_fp32_on_the_cpu():
 
 
 def test_resume_fingerprint_ignores_speed_only_settings_but_not_precision():
-    from stages.training import fingerprint
+    from btseg.training.loop import fingerprint
     base = fingerprint(config(), {})
     assert fingerprint(config({"loader_workers": 6, "prefetch_batches": 2, "compile": True}), {}) == base
     assert fingerprint(config({"precision": "bf16"}), {}) != base

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.config import parse_params
-from stages.inference import pick_device, predict_probabilities
-from stages.models import create_model
-from stages.slices import SliceSet
-from stages.training import case_dice, fit
+from btseg.config import parse_params
+from btseg.inference.batched import pick_device, predict_probabilities
+from btseg.models import create_model
+from btseg.preprocessing.slices import SliceSet
+from btseg.training.loop import case_scores, fit
 from tests.conftest import default_params
 
 
@@ -42,7 +42,7 @@ def test_fit_learns_circles_and_keeps_the_best_epoch(device):
     torch.set_num_threads(2)
     train, val = circles(48, seed=1), circles(16, seed=2)
     model = create_model("unet", in_channels=1, base_channels=8, depth=2)
-    before = case_dice(predict_probabilities(model, val.images, torch.device("cpu")), val, 0.5)
+    before = case_scores(predict_probabilities(model, val.images, torch.device("cpu")), val, 0.5)[0]
     config = train_config(epochs=6, batch_size=8, learning_rate=0.01, dice_weight=0.5, seed=0)
     result = fit(model, train, val, config, threshold=0.5, device=torch.device(device))
     assert list(result.history.epoch) == [1, 2, 3, 4, 5, 6]
@@ -51,7 +51,7 @@ def test_fit_learns_circles_and_keeps_the_best_epoch(device):
     assert result.best_val_dice > max(0.8, before)
     # the kept weights are the best epoch's: they reproduce its validation Dice
     model.load_state_dict(result.best_state)
-    again = case_dice(predict_probabilities(model.to(device), val.images, torch.device(device)), val, 0.5)
+    again = case_scores(predict_probabilities(model.to(device), val.images, torch.device(device)), val, 0.5)[0]
     assert again == pytest.approx(result.best_val_dice)
 
 

@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.datasets import brats_nifti
+from btseg.data import brats_nifti
+from btseg.errors import PipelineError
 
 SEQUENCES = ["flair", "t1", "t1ce", "t2"]
 LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
@@ -118,7 +118,7 @@ def test_sample_rejects_a_label_it_cannot_draw(tmp_path):
 # --- finding cases ---------------------------------------------------------------------------
 
 def test_list_cases_finds_the_nested_sample_with_its_misnamed_seg(sample_root, caplog):
-    with caplog.at_level(logging.INFO, logger="stages.datasets.brats_nifti"):
+    with caplog.at_level(logging.INFO, logger="btseg.data.brats_nifti"):
         cases = brats_nifti.list_cases(sample_root, options())
     assert [c.case_id for c in cases] == [f"BraTS20_Training_{n:03d}" for n in range(1, 5)]
     first, second, last = cases[0], cases[1], cases[-1]
@@ -323,7 +323,7 @@ def test_bad_gzipped_volume_stops_naming_the_file(tmp_path, file_name, damage, m
 def test_bad_plain_nifti_stops_naming_the_file(tmp_path, damage):
     folder = hand_built_case(tmp_path, extension=".nii")
     damage(folder / "BraTS20_Training_001_t1.nii")
-    with pytest.raises(PipelineError, match="truncated or corrupt; re-run the download stage") as error:
+    with pytest.raises(PipelineError, match="truncated or corrupt") as error:
         brats_nifti.read_case(only_case(tmp_path), options())
     assert str(folder / "BraTS20_Training_001_t1.nii") in str(error.value)
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.datasets import folder
+from btseg.data import folder
+from btseg.errors import PipelineError
 
 
 def options(**overrides) -> SimpleNamespace:

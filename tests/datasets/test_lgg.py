@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.cli import PipelineError
-from stages.datasets import lgg
+from btseg.data import lgg
+from btseg.errors import PipelineError
 
 REAL_CASE = "TCGA_CS_4942_19970222"
 
@@ -112,7 +112,7 @@ def test_real_flair_only(realdata_lgg):
 def test_duplicated_tree_is_counted_once_from_the_shallowest_copy(realdata_lgg, tmp_path, caplog):
     shutil.copytree(realdata_lgg / "kaggle_3m", tmp_path / "lgg-mri-segmentation" / "kaggle_3m")
     shutil.copytree(realdata_lgg / "kaggle_3m", tmp_path / "kaggle_3m")
-    with caplog.at_level(logging.INFO, logger="stages.datasets.lgg"):
+    with caplog.at_level(logging.INFO, logger="btseg.data.lgg"):
         cases = lgg.list_cases(tmp_path, lgg_options())
     assert [c.case_id for c in cases] == [REAL_CASE]
     assert all(path.parent.parent == tmp_path / "kaggle_3m" for path in cases[0].files)

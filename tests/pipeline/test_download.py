@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.datasets import sample
-from stages.slices import load_split
+from btseg.data import sample
+from btseg.preprocessing.slices import load_split
+from tests.conftest import stage_argv
 
 HANDLES = {
     "brats2020": "awsaf49/brats2020-training-data/versions/3",
@@ -23,7 +23,7 @@ OFFLINE = {"KAGGLE_API_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": "http://1
 
 
 def run_stage(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(stage_argv(*args), cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ def sh(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
 def project(tmp_path_factory) -> Path:
     """A copy of the pipeline (code, dvc.yaml, DVC config) with tiny params, committed after `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("stages", "btseg"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))

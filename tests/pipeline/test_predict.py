@@ -16,12 +16,15 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import stage_argv
+
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+    command = stage_argv(*args) if args[0].startswith("stages.") else [sys.executable, "-m", *args]
+    return subprocess.run(command, cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
     case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
-    result = run(project, "stages.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out", str(tmp_path))
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     flair = nib.load(str(next(case.glob("*_flair.nii*"))))
     mask = nib.load(str(tmp_path / "BraTS20_Training_001_mask.nii.gz"))
@@ -62,9 +65,9 @@ def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
 
 
 def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
-    from stages.inference import predict_probabilities
-    from stages.prediction import load_model, read_scan
-    from stages.preprocessing import prepare_image
+    from btseg.inference.batched import predict_probabilities
+    from btseg.inference.scans import load_model, read_scan
+    from btseg.preprocessing.image import prepare_image
 
     index = pd.read_csv(project / "data/slices/brats2020/test/index.csv", dtype={"case_id": str})
     case = index.case_id.iloc[0]
@@ -85,7 +88,7 @@ def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
 
 def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
     images = realdata_coco / "test"
-    result = run(project, "stages.predict", "models/tumor_coco/unet/model.pt", str(images), "--out", str(tmp_path))
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(images), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     for source in images.glob("*.jpg"):
         mask = cv2.imread(str(tmp_path / f"{source.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
@@ -104,7 +107,7 @@ def test_bad_inputs_are_reported_in_one_line_each_and_the_rest_still_run(project
             (broken / path.name).write_bytes(path.read_bytes())
     png = tmp_path / "slice.png"
     cv2.imwrite(str(png), np.zeros((64, 64), np.uint8))
-    result = run(project, "stages.predict", "models/brats2020_nifti/unet/model.pt", str(case), str(broken), str(png),
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), str(broken), str(png),
                  "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -118,27 +121,28 @@ def test_model_file_of_another_format_version_is_refused(project, tmp_path):
     checkpoint = torch.load(project / "models/tumor_coco/unet/model.pt", weights_only=True)
     checkpoint["format_version"] = 1
     torch.save(checkpoint, tmp_path / "old.pt")
-    result = run(project, "stages.predict", str(tmp_path / "old.pt"), str(tmp_path), "--out", str(tmp_path / "out"))
+    result = run(project, "btseg.inference.predict", str(tmp_path / "old.pt"), str(tmp_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'old.pt'}: model file format 1, this version reads 2; retrain it with `dvc repro`"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'old.pt'}: model file format 1, this version reads 2; retrain it with `dvc repro`"]
 
 
 def test_exported_program_runs_without_this_package_and_matches(project, tmp_path):
-    from stages.models import load_checkpoint
+    from btseg.models import load_model_file
 
     out = tmp_path / "unet.pt2"
-    result = run(project, "stages.export", "models/brats2020/unet/model.pt", "--out", str(out))
+    result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
     assert result.returncode == 0, result.stderr
     size = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["size"]
     x = torch.randn(3, 4, size, size, generator=torch.Generator().manual_seed(0))  # batch 3: not the traced 2
     torch.save(x, tmp_path / "x.pt")
     # importing `stages` is made impossible in that process: the program must not need it
-    code = ("import sys; sys.modules['stages'] = None; import torch; p = torch.export.load('unet.pt2'); "
+    code = ("import sys; sys.modules['btseg'] = None; import torch; p = torch.export.load('unet.pt2'); "
             "torch.save(p.module()(torch.load('x.pt')), 'y.pt')")
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     check = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
-    model, _ = load_checkpoint(project / "models/brats2020/unet/model.pt")
+    model, _ = load_model_file(project / "models/brats2020/unet/model.pt")
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)

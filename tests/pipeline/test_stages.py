@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.datasets import brats_h5
+from btseg.data import brats_h5
+from tests.conftest import stage_argv
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(stage_argv(*args), cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ DATASETS = ["brats2020", "tumor_coco", "brats2020_nifti", "lgg", "folder"]
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_dataset_goes_from_its_sample_to_checked_slices(project, params_dict, dataset):
-    from stages.slices import load_split
+    from btseg.preprocessing.slices import load_split
 
     params_dict["data"]["datasets"] = DATASETS
     (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
@@ -93,7 +93,7 @@ def test_every_dataset_goes_from_its_sample_to_checked_slices(project, params_di
 
 @pytest.mark.parametrize("dataset", ["brats2020", "brats2020_nifti"])
 def test_regions_target_gives_wt_tc_et_channels_nested_as_in_brats(project, params_dict, dataset):
-    from stages.slices import load_split
+    from btseg.preprocessing.slices import load_split
 
     params_dict["data"]["datasets"] = [dataset]
     params_dict["preprocess"].update(target="regions", crop_to_brain=True, fit="letterbox", normalization="percentile")
@@ -108,7 +108,7 @@ def test_regions_target_gives_wt_tc_et_channels_nested_as_in_brats(project, para
 
 
 def test_bad_file_is_skipped_and_counted_with_on_bad_file_skip(project, params_dict):
-    from stages.slices import load_split
+    from btseg.preprocessing.slices import load_split
 
     params_dict["preprocess"]["on_bad_file"] = "skip"
     (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
@@ -153,7 +153,7 @@ def test_dataset_left_empty_by_slice_selection_says_which_params(project, params
 
 
 def test_own_folder_is_copied_in_for_non_sample_source(project, params_dict, tmp_path):
-    from stages.datasets import folder
+    from btseg.data import folder
 
     own = tmp_path / "my_study"
     folder.write_sample(own, cases=3, slices_per_case=3, size=32, seed=4)
@@ -186,7 +186,7 @@ def test_batch_larger_than_the_training_split_stops_before_training(project, par
 
 
 def test_lgg_slice_without_mask_is_skipped_with_its_case_under_skip_policy(project, params_dict):
-    from stages.slices import load_split
+    from btseg.preprocessing.slices import load_split
 
     params_dict["data"]["datasets"] = ["lgg"]
     params_dict["preprocess"]["on_bad_file"] = "skip"

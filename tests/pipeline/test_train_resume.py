@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,11 +14,13 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import stage_argv
+
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
 
 
 def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(stage_argv(*args), cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_killed_training_resumes_to_the_same_weights_and_log(projects):
     result = stage(uninterrupted, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
     assert result.returncode == 0, result.stderr
 
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", "--dataset", "tumor_coco", "--model", "unet"],
+    process = subprocess.Popen(stage_argv("stages.train", "--dataset", "tumor_coco", "--model", "unet"),
                                cwd=killed, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     live = killed / "dvclive/tumor_coco/unet/metrics.json"
     deadline = time.time() + 300

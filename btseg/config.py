@@ -1,0 +1,365 @@
+"""params.yaml as typed, validated objects.
+
+Every stage loads the whole file through `load_params`, so a typo anywhere (an unknown key, a
+wrong type, an impossible value) stops the pipeline at once with one line per problem naming
+the key and what was expected, instead of silently becoming a new parameter.
+Defaults live in params.yaml, not here: every field is required.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from btseg.data.base import MAX_LABEL_VALUE
+from btseg.data.registry import DATASET_NAMES
+from btseg.errors import PipelineError, one_line
+from btseg.models import MODELS
+from btseg.training.losses import LOSSES
+
+# the choices come from the registries, so a new dataset, model or loss is valid here at once
+DatasetName = Literal[DATASET_NAMES]
+ModelName = Literal[tuple(MODELS)]
+LossName = Literal[LOSSES]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Names = Annotated[list[str], Field(min_length=1)]
+LabelValues = Annotated[dict[str, Annotated[int, Field(ge=1, le=MAX_LABEL_VALUE)]], Field(min_length=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BratsH5Params(Section):
+    kaggle_handle: str
+    image_channels: Names  # as stored in the .h5 files, in order
+    mask_channels: Names  # sub-regions as stored, in order
+    input_channels: Names  # subset/order fed to the model
+
+
+class TumorCocoParams(Section):
+    kaggle_handle: str
+
+
+class BratsNiftiParams(Section):
+    kaggle_handle: str
+    sequences: Names
+    input_channels: Names
+    labels: LabelValues
+    axis: Literal["axial", "coronal", "sagittal"]
+
+
+class LggParams(Section):
+    kaggle_handle: str
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+class FolderParams(Section):
+    path: str  # the user's folder, used when data.source is not sample
+    images: str
+    masks: str
+    case_pattern: str
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+class SampleSizes(Section):
+    cases: Annotated[int, Field(ge=3)]
+    slices_per_case: PositiveInt
+    size: Annotated[int, Field(ge=16, le=512)]
+
+
+class SampleParams(Section):
+    seed: int
+    brats2020: SampleSizes
+    tumor_coco: dict[Literal["train", "valid", "test"], PositiveInt]
+    brats2020_nifti: SampleSizes
+    lgg: SampleSizes
+    folder: SampleSizes
+
+
+class DataParams(Section):
+    source: Literal["sample", "kaggle"]
+    datasets: Annotated[list[DatasetName], Field(min_length=1)]
+    brats2020: BratsH5Params
+    tumor_coco: TumorCocoParams
+    brats2020_nifti: BratsNiftiParams
+    lgg: LggParams
+    folder: FolderParams
+    sample: SampleParams
+
+
+class SplitParams(Section):
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+
+class PreprocessParams(Section):
+    size: Annotated[int, Field(ge=16, le=1024)]
+    fit: Literal["resize", "letterbox"]
+    crop_to_brain: bool
+    crop_margin: Annotated[int, Field(ge=0)]
+    normalization: Literal["zscore", "percentile", "minmax"]
+    percentiles: Annotated[list[Annotated[float, Field(ge=0.0, le=100.0)]], Field(min_length=2, max_length=2)]
+    brain_threshold: Annotated[float, Field(ge=0.0, lt=1.0)]
+    target: Literal["whole_tumor", "regions"]
+    regions: Annotated[dict[str, Names], Field(min_length=1)]
+    tumor_free_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    skip_no_brain: bool
+    use_own_split: bool
+    stratify: bool
+    on_bad_file: Literal["error", "skip"]
+    workers: Annotated[int, Field(ge=0)]
+    seed: int
+    split: SplitParams
+
+
+class AugmentParams(Section):
+    """Probabilities (0 = off) and ranges of the training augmentations; never applied to val/test."""
+
+    hflip: Probability
+    vflip: Probability
+    affine: Probability
+    rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)]
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)]
+    shift: Annotated[float, Field(ge=0.0, lt=0.5)]
+    brightness_contrast: Probability
+    brightness_contrast_limit: Probability  # a fraction of the intensity range, 0..1 like a probability
+    gamma: Probability
+    noise: Probability
+    noise_std: Probability
+    elastic: Probability
+
+
+class SpeedParams(Section):
+    """How training runs, not what it learns: precision, memory layout, compilation, the data path."""
+
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool  # CUDA: NHWC layout for convolutions
+    compile: bool  # torch.compile the model
+    loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)]  # auto: 0 on CPU, min(8, cores - 1) on CUDA
+    prefetch_batches: PositiveInt  # batches each loader process reads ahead
+    augment_on: Literal["auto", "cpu", "device"]  # auto: device (batched torch) on CUDA, cpu (albumentations) on CPU
+
+
+class TrainParams(Section):
+    models: Annotated[list[ModelName], Field(min_length=1)]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["adam", "adamw", "sgd"]
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)]
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    schedule: Literal["constant", "cosine", "plateau", "onecycle"]
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    plateau_patience: PositiveInt
+    grad_clip: Annotated[float, Field(ge=0.0)]
+    early_stopping_patience: Annotated[int, Field(ge=0)]
+    loss: LossName
+    dice_weight: Annotated[float, Field(ge=0.0, le=1.0)]
+    dice_smooth: Annotated[float, Field(ge=0.0)]
+    dice_reduction: Literal["image", "batch"]
+    focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)]
+    tversky_alpha: Annotated[float, Field(ge=0.0, le=1.0)]
+    tversky_beta: Annotated[float, Field(ge=0.0, le=1.0)]
+    base_channels: Annotated[int, Field(ge=4, le=256)]
+    depth: Annotated[int, Field(ge=1, le=6)]
+    norm: Literal["batch", "instance", "group"]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    deep_supervision: bool
+    encoder_weights: str  # resnet34_unet: torchvision-format resnet34 state dict file; "" = random init
+    augment: AugmentParams
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    num_threads: Annotated[int, Field(ge=0)]
+    nproc: PositiveInt  # processes (GPUs) of one training; > 1 launches torchrun with DistributedDataParallel
+    sync_batchnorm: bool
+    speed: SpeedParams
+
+
+class EvaluateParams(Section):
+    threshold: Fraction  # training's validation threshold, and evaluate's with threshold_from=fixed
+    threshold_from: Literal["validation", "fixed"]
+    threshold_grid: Annotated[list[Fraction], Field(min_length=1)]
+    size_buckets: Annotated[dict[str, Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
+
+
+class ReportParams(Section):
+    worst_k: Annotated[int, Field(ge=1, le=24)]
+    display_channel: str
+
+
+class Params(Section):
+    data: DataParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    report: ReportParams
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1 and reads `1e-3` as a string; read it as the float a user means."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise PipelineError with one line per problem."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML ({one_line(error)})") from None
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping (see `load_params`)."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        lines = [f"{source}: {_describe(e)}" for e in error.errors()]
+        raise PipelineError("\n".join(lines)) from None
+    _check_consistency(params, source)
+    return params
+
+
+def _check_consistency(params: Params, source: str) -> None:
+    split = params.preprocess.split
+    total = split.train + split.val + split.test
+    if abs(total - 1.0) > 1e-6:
+        raise PipelineError(
+            f"{source}: preprocess.split: train + val + test must sum to 1, got {total:g}"
+        )
+    pool = 2 ** params.train.depth
+    if params.preprocess.size % pool:
+        raise PipelineError(
+            f"{source}: train.depth: {params.train.depth} halvings need preprocess.size divisible "
+            f"by {pool}, got {params.preprocess.size}; pick size {params.preprocess.size // pool * pool or pool}"
+        )
+    train = params.train
+    if "resnet34_unet" in train.models and params.preprocess.size % 32:
+        raise PipelineError(f"{source}: train.models: resnet34_unet needs preprocess.size divisible by 32, "
+                            f"got {params.preprocess.size}; pick size {params.preprocess.size // 32 * 32 or 32}")
+    if train.deep_supervision and train.depth < 2:
+        raise PipelineError(f"{source}: train.deep_supervision: needs train.depth >= 2 (auxiliary outputs come "
+                            f"from the coarser decoder levels), got depth {train.depth}")
+    if train.deep_supervision and "resnet34_unet" in train.models:
+        raise PipelineError(f"{source}: train.deep_supervision: not available for resnet34_unet; remove it from train.models")
+    if train.encoder_weights and not Path(train.encoder_weights).is_file():
+        raise PipelineError(f"{source}: train.encoder_weights: file {train.encoder_weights} not found")
+    if train.encoder_weights and "resnet34_unet" not in train.models:
+        raise PipelineError(f"{source}: train.encoder_weights: only resnet34_unet uses encoder weights; add it to "
+                            "train.models or set encoder_weights to ''")
+    if train.batch_size % train.nproc:
+        raise PipelineError(f"{source}: train.batch_size: {train.batch_size} is the batch over all {train.nproc} "
+                            f"processes (train.nproc) and must divide evenly; "
+                            f"pick {train.batch_size // train.nproc * train.nproc or train.nproc}")
+    if train.schedule == "cosine" and train.warmup_epochs >= train.epochs:
+        raise PipelineError(f"{source}: train.warmup_epochs: {train.warmup_epochs} leaves no epoch of the "
+                            f"{train.epochs} in train.epochs for the cosine decay")
+    if len(set(params.data.datasets)) != len(params.data.datasets):
+        raise PipelineError(f"{source}: data.datasets: a dataset is listed twice")
+    if len(set(params.train.models)) != len(params.train.models):
+        raise PipelineError(f"{source}: train.models: a model is listed twice")
+    for dataset, available in available_channels(params).items():
+        chosen = getattr(params.data, dataset).input_channels if dataset != "tumor_coco" else ["grey"]
+        unknown = [c for c in chosen if c not in available]
+        if unknown or len(set(chosen)) != len(chosen):
+            raise PipelineError(f"{source}: data.{dataset}.input_channels: expected distinct names from "
+                                f"{available}, got {chosen}")
+    low, high = params.preprocess.percentiles
+    if low >= high:
+        raise PipelineError(f"{source}: preprocess.percentiles: the low percentile must be below the high one, got {[low, high]}")
+    if params.preprocess.target == "regions":
+        for dataset in params.data.datasets:
+            labelled = sub_regions(params, dataset)
+            for region, members in params.preprocess.regions.items():
+                missing = [m for m in members if m not in labelled]
+                if missing:
+                    raise PipelineError(
+                        f"{source}: preprocess.regions.{region}: {dataset} labels no {missing} (it labels {labelled}); "
+                        f"use preprocess.target=whole_tumor or drop {dataset} from data.datasets")
+    grid = params.evaluate.threshold_grid
+    if any(b <= a for a, b in zip(grid, grid[1:])):
+        raise PipelineError(f"{source}: evaluate.threshold_grid: thresholds must increase, got {grid}")
+    bounds = params.evaluate.size_buckets
+    if len(set(bounds.values())) != len(bounds) or max(bounds.values()) != 1.0 or "none" in bounds:
+        raise PipelineError(f"{source}: evaluate.size_buckets: expected distinct bounds, the largest 1.0, "
+                            f"and no bucket named 'none' (it holds the tumor-free slices), got {dict(bounds)}")
+    all_channels = {c for names in available_channels(params).values() for c in names}
+    if params.report.display_channel not in all_channels:
+        raise PipelineError(
+            f"{source}: report.display_channel: expected one of {sorted(all_channels)}, "
+            f"got {params.report.display_channel!r}"
+        )
+
+
+def available_channels(params: Params) -> dict[str, list[str]]:
+    """Image channels each dataset's files hold, by dataset name."""
+    data = params.data
+    return {"brats2020": data.brats2020.image_channels, "tumor_coco": ["grey"],
+            "brats2020_nifti": data.brats2020_nifti.sequences, "lgg": data.lgg.channels, "folder": data.folder.channels}
+
+
+def sub_regions(params: Params, dataset: str) -> list[str]:
+    """Names of the labelled sub-regions of a dataset's masks, in order."""
+    data = params.data
+    return {"brats2020": data.brats2020.mask_channels, "tumor_coco": ["tumor"],
+            "brats2020_nifti": list(data.brats2020_nifti.labels), "lgg": list(data.lgg.labels),
+            "folder": list(data.folder.labels)}[dataset]
+
+
+def targets(params: Params, dataset: str) -> dict[str, list[str]]:
+    """The model's output channels for a dataset: name -> the sub-regions each unites."""
+    if params.preprocess.target == "regions":
+        return {name: list(members) for name, members in params.preprocess.regions.items()}
+    return {"whole_tumor": sub_regions(params, dataset)}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as `key.path: what was expected (got ...)`."""
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(error["loc"][:-1])
+        known = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{key}: unknown key; {hint}expected one of: {', '.join(known)}"
+    if kind == "missing":
+        return f"{key}: missing; add it to params.yaml"
+    return f"{key}: {error['msg'].lower()} (got {error.get('input')!r})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that sits at `loc` inside Params, for listing its valid keys."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

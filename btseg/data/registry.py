@@ -1,0 +1,23 @@
+"""The datasets the pipeline reads, by name: each maps to its reader module (see btseg.data.base).
+
+Every list of dataset names (params validation, the stages' --dataset choices, the sample
+generators, prediction) derives from READERS.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from btseg.data import brats_h5, brats_nifti, coco, folder, lgg
+
+READERS: dict[str, ModuleType] = {"brats2020": brats_h5, "tumor_coco": coco, "brats2020_nifti": brats_nifti,
+                                  "lgg": lgg, "folder": folder}
+DATASET_NAMES: tuple[str, ...] = tuple(READERS)
+
+
+def reader(dataset: str) -> ModuleType:
+    """The reader module of a dataset (list_cases, read_case)."""
+    try:
+        return READERS[dataset]
+    except KeyError:
+        raise ValueError(f"unknown dataset '{dataset}'; expected one of {list(READERS)}") from None

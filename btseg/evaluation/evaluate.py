@@ -1,0 +1,89 @@
+"""The `evaluate` stage's library: test-split metrics of a model file, and the tables behind them.
+
+The decision threshold is either chosen on the val split (evaluate.threshold_from=validation: the
+evaluate.threshold_grid value with the best mean per-case Dice) or fixed (evaluate.threshold).
+Beside the metrics JSON (headline numbers only), the evaluation folder gets:
+- per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.evaluation.metrics);
+- pr_curve.csv: pooled test precision / recall / Dice per threshold and target;
+- threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
+- settings.json: the threshold used and how it was chosen, the targets, the conventions;
+- probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from btseg.config import Params
+from btseg.errors import PipelineError
+from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets
+from btseg.evaluation.thresholds import choose_threshold, precision_recall_curve
+from btseg.fileio import atomic_dir, write_json
+from btseg.inference.batched import pick_device, predict_probabilities, set_threads
+from btseg.models import load_model_file
+from btseg.preprocessing.slices import SliceSet, load_split
+
+log = logging.getLogger(__name__)
+
+PR_THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 .. 0.99: the precision-recall curve's points
+
+
+def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluation: Path, params: Params) -> dict:
+    """Score `model_file` on the test split of `slices`; write `metrics_file` and the `evaluation` folder."""
+    settings, speed = params.evaluate, params.train.speed
+    model, contents = load_model_file(model_file)
+    splits = ("val", "test") if settings.threshold_from == "validation" else ("test",)
+    data = {name: load_split(slices, name) for name in splits}
+    for split in data.values():
+        check_trained_on(split, contents, model_file, slices)
+    test, targets = data["test"], list(data["test"].meta["targets"])
+    device = pick_device("cpu" if params.train.device == "cpu" else "auto")
+    set_threads(params.train.num_threads)
+    model = model.to(device)
+
+    def predict(images: np.ndarray) -> np.ndarray:  # bf16 on a GPU under auto, as in training's validation
+        return predict_probabilities(model, images, device, precision=speed.precision, channels_last=speed.channels_last)
+
+    sweep, threshold = None, settings.threshold
+    if settings.threshold_from == "validation":
+        val = data["val"]
+        threshold, sweep = choose_threshold(predict(val.images), val.masks, val.index, settings.threshold_grid)
+        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
+    probabilities = predict(test.images)
+    per_slice, per_case, metrics = evaluate_targets(probabilities > threshold, test.masks, test.index, targets,
+                                                    size_buckets=dict(settings.size_buckets))
+    pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k], PR_THRESHOLDS).assign(target=name)
+                          for k, name in enumerate(targets)], ignore_index=True)
+    chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
+              "val_case_dice": None if sweep is None else float(sweep.case_dice.max())}
+    conventions = {"aggregation": AGGREGATION, "empty_mask_convention": EMPTY_MASK_CONVENTION,
+                   "hd95_convention": HD95_CONVENTION, "hd95_unit": "px"}
+    metrics = {**metrics, **chosen, **conventions}
+
+    with atomic_dir(evaluation) as partial:
+        per_slice.to_csv(partial / "per_slice.csv", index=False, float_format="%.6f")
+        per_case.to_csv(partial / "per_case.csv", index=False, float_format="%.6f")
+        pr_curve.to_csv(partial / "pr_curve.csv", index=False, float_format="%.6f")
+        if sweep is not None:
+            sweep.to_csv(partial / "threshold_sweep.csv", index=False, float_format="%.6f")
+        write_json(partial / "settings.json", {**chosen, "targets": targets, "size_buckets": dict(settings.size_buckets),
+                                               "pr_thresholds": PR_THRESHOLDS.tolist(), **conventions})
+        np.save(partial / "probabilities.npy", probabilities.astype(np.float16))
+    write_json(metrics_file, metrics)
+    log.info("%s test at threshold %.2f: per-case Dice %.4f, HD95 %.2f px; per-slice Dice %.4f; pooled Dice %.4f "
+             "(%d cases, %d slices)", model_file, threshold, metrics["per_case"]["dice"],
+             metrics["per_case"]["hd95_px"], metrics["per_slice"]["dice"], metrics["pooled"]["dice"],
+             metrics["cases"], metrics["slices"])
+    return metrics
+
+
+def check_trained_on(split: SliceSet, contents: dict, model_file: Path, slices: Path) -> None:
+    """Refuse slices prepared otherwise than the model's training data (channels, size, targets, ...)."""
+    for key, trained_on in contents["data_meta"].items():
+        if key != "source_version" and split.meta[key] != trained_on:
+            raise PipelineError(f"{slices / split.meta['split'] / 'meta.json'}: {key} is {split.meta[key]!r} "
+                                f"but {model_file} was trained on {trained_on!r}; re-run train")

@@ -1,0 +1,98 @@
+"""Device choice, precision and batched prediction, shared by training (validation), evaluation,
+prediction and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible; set train.device=auto or cpu")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def set_threads(num_threads: int) -> None:
+    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """train.speed.precision -> the autocast dtype (None: plain fp32). auto: bf16 on CUDA only, where
+    tensor cores run it at several times the fp32 rate; on CPUs without bf16 units it only costs."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the forward pass, or nothing for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format(channels_last: bool, device: torch.device) -> torch.memory_format:
+    """train.speed.channels_last: NHWC on CUDA, where cuDNN's fastest convolutions want it; the
+    default layout elsewhere (the one place this is decided, for training and prediction alike)."""
+    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+
+
+def default_batch(device: torch.device) -> int:
+    """Slices per forward pass in prediction: a whole BraTS volume (155) in one call on a GPU."""
+    return 256 if device.type == "cuda" else 32
+
+
+def _to_device(images: np.ndarray, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    if device.type == "cpu":
+        return torch.from_numpy(np.array(images, dtype=np.float32))
+    # fp16 slices cross the bus as they are stored (half the bytes of fp32), widened on the device;
+    # a read-only memmap is only read here, so torch's warning about non-writable arrays does not apply
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor.to(device).float()
+    return tensor.contiguous(memory_format=layout)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int | None,
+             precision: str, channels_last: bool, finish) -> list[np.ndarray]:
+    model.eval()
+    dtype = autocast_dtype(precision, device)
+    layout = memory_format(channels_last, device)
+    model.to(memory_format=layout)
+    batch_size = batch_size or default_batch(device)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = _to_device(images[start:start + batch_size], device, layout)
+        with autocast(device, dtype):
+            logits = model(batch)
+        parts.append(finish(logits.float()).cpu().numpy())
+    return parts
+
+
+def predict_probabilities(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int | None = None,
+                          precision: str = "auto", channels_last: bool = True) -> np.ndarray:
+    """Probability per pixel and target, float32 (N, K, H, W), for images (N, C, H, W).
+
+    `precision` and `channels_last` as train.speed (auto: bf16 autocast on CUDA, fp32 on CPU)."""
+    parts = _predict(model, images, device, batch_size, precision, channels_last, torch.sigmoid)
+    return np.concatenate(parts) if parts else np.empty((0, 1, *images.shape[2:]), np.float32)
+
+
+def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device, threshold: float,
+                  batch_size: int | None = None, precision: str = "auto", channels_last: bool = True) -> np.ndarray:
+    """Binary masks uint8 (N, K, H, W): thresholded on the device, so only a quarter of the bytes of
+    the probabilities come back. sigmoid(x) > t  <=>  x > logit(t)."""
+    cut = float(np.log(threshold / (1 - threshold)))
+    parts = _predict(model, images, device, batch_size, precision, channels_last, lambda logits: (logits > cut).to(torch.uint8))
+    return np.concatenate(parts) if parts else np.empty((0, 1, *images.shape[2:]), np.uint8)

@@ -1,0 +1,59 @@
+"""Export a trained model as a self-contained torch.export program: `python -m btseg.inference.export MODEL --out FILE.pt2`.
+
+The .pt2 file holds the network's graph and weights; loading it needs PyTorch only, not this
+package: `torch.export.load("model.pt2").module()(x)` with x float32 (N, C, H, W) prepared as the
+embedded `preprocessing.json` says, returning logits (N, K, H, W). The batch size is dynamic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from btseg.cli import run_stage
+from btseg.errors import PipelineError
+from btseg.fileio import atomic_file
+from btseg.inference.scans import load_model
+
+log = logging.getLogger("btseg.inference.export")
+
+
+def export(model_path: Path, out: Path) -> dict:
+    """Write the .pt2 program; returns the metadata embedded with it."""
+    model = load_model(model_path)
+    size, channels = model.settings.size, len(model.channels)
+    example = torch.zeros(2, channels, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model.network.eval(), (example,), dynamic_shapes=({0: batch},))
+    meta = {"input": f"float32 (N, {channels}, {size}, {size}), channels {model.channels}",
+            "output": f"logits (N, {len(model.targets)}, {size}, {size}), targets {model.targets}; "
+                      f"tumor where sigmoid(logit) > threshold",
+            "threshold": model.threshold, "preprocessing": model.settings.__dict__, "model": model.summary}
+    with atomic_file(out) as partial:
+        torch.export.save(program, partial, extra_files={"preprocessing.json": json.dumps(meta, default=list)})
+    return meta
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="models/<dataset>/<model>/model.pt")
+    parser.add_argument("--out", type=Path, required=True, help="output file, e.g. unet.pt2")
+    args = parser.parse_args(argv)
+    if args.out.suffix != ".pt2":
+        raise PipelineError(f"--out {args.out}: use the .pt2 suffix of torch.export programs")
+    export(args.model, args.out)
+    log.info("exported %s to %s", args.model, args.out)
+
+
+def console() -> None:
+    """Entry point of the `bts-export` console script."""
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,63 @@
+"""Predict tumor masks on new scans with a trained model: `python -m btseg.inference.predict MODEL INPUT... --out DIR`.
+
+INPUT is a BraTS case folder or NIfTI files (one per sequence), BraTS .h5 slices (a folder of them is
+grouped by volume), or PNG/JPG/TIF images; folders are searched recursively. Each input gets its
+mask(s) in its own geometry (NIfTI with the input's affine and header; PNG mask + overlay for slices
+and images) and a JSON summary. A bad input is reported in one line; the others are still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from btseg.cli import run_stage
+from btseg.errors import PipelineError
+from btseg.inference.batched import pick_device
+from btseg.inference.scans import find_scans, load_model, predict_scan, read_scan, write_outputs
+
+log = logging.getLogger("btseg.inference.predict")
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a model file written by the train stage (models/<dataset>/<model>/model.pt)")
+    parser.add_argument("inputs", type=Path, nargs="+", help="case folders, NIfTI/.h5 files, images, or folders of them")
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as error:
+        raise PipelineError(f"--device: {error}") from None
+    model = load_model(args.model)
+    groups, problems = find_scans(args.inputs, model)
+    done = 0
+    for group in groups:
+        try:
+            scan = read_scan(group, model)
+            summary = write_outputs(scan, predict_scan(scan, model, device), model, args.out)
+        except PipelineError as error:
+            problems.append(str(error))
+            continue
+        done += 1
+        log.info("%s: tumor %s", scan.name, "found" if summary["tumor_present"] else "not found")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not groups and not problems:
+        raise PipelineError(f"no inputs found in {[str(p) for p in args.inputs]} (NIfTI, .h5, PNG/JPG/TIF)")
+    log.info("%d input(s) predicted into %s, %d failed", done, args.out, len(problems))
+    if problems:
+        sys.exit(1)
+
+
+def console() -> None:
+    """Entry point of the `bts-predict` console script."""
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,223 @@
+"""Prediction on new scans with a trained model file (the `predict` command's library).
+
+A model file (models/<dataset>/<model>/model.pt) carries the architecture, weights, decision
+threshold, targets and the exact preprocessing of its training data, so no params.yaml is needed.
+Inputs: a BraTS case folder or NIfTI files (one per sequence), BraTS .h5 slices (grouped by volume),
+or PNG/JPG/TIF images. Outputs go back to the input's geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import nibabel as nib
+import numpy as np
+import torch
+
+from btseg.data.brats_nifti import read_nifti
+from btseg.errors import PipelineError, one_line
+from btseg.evaluation.plotting import overlay
+from btseg.inference.batched import predict_probabilities
+from btseg.models import MODEL_FORMAT, load_model_file
+from btseg.preprocessing.image import Settings, place_back, prepare_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+H5_NAME = re.compile(r"volume_(\d+)_slice_(\d+)\.h5")
+BRATS_LABELS = {"WT": 2, "TC": 1, "ET": 4}  # painted in this order: edema, then core, then enhancing
+
+
+@dataclass
+class Model:
+    network: torch.nn.Module
+    checkpoint: dict
+    settings: Settings
+    channels: list[str]
+    source_channels: list[str]
+    targets: list[str]
+    threshold: float
+
+    @property
+    def summary(self) -> dict:
+        c = self.checkpoint
+        return {"file": c.get("path"), "architecture": c["model"], "dataset": c["data_meta"]["dataset"],
+                "trained_on": c["data_meta"]["source_version"], "best_epoch": c["best_epoch"],
+                "val_case_dice": c["val_case_dice"], "channels": self.channels, "targets": self.targets}
+
+
+def load_model(path: Path) -> Model:
+    network, checkpoint = load_model_file(path)
+    if checkpoint.get("format_version") != MODEL_FORMAT:
+        raise PipelineError(f"{path}: model file format {checkpoint.get('format_version')}, this version reads "
+                            f"{MODEL_FORMAT}; retrain it with `dvc repro`")
+    meta = {**checkpoint["data_meta"], **checkpoint["inference_meta"]}
+    checkpoint["path"] = str(path)
+    return Model(network, checkpoint, Settings.from_meta(meta), list(meta["channels"]), list(meta["source_channels"]),
+                 list(meta["targets"]), float(checkpoint["threshold"]))
+
+
+@dataclass
+class Scan:
+    """One input to predict on: a volume or image stack (S, C, H, W) and how to write results back."""
+
+    name: str
+    kind: str  # "nifti", "h5" or "image"
+    image: np.ndarray
+    sources: list[Path]
+    reference: nib.Nifti1Image | None = None  # NIfTI: affine and header of the output
+    voxel_ml: float | None = None
+
+
+def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path]], list[str]]:
+    """Group the given files/folders into inputs: NIfTI cases, h5 volumes, single images."""
+    groups: list[Path | list[Path]] = []
+    problems: list[str] = []
+    loose_nifti: list[Path] = []
+    h5_by_volume: dict[str, list[Path]] = {}
+    for path in paths:
+        if not path.exists():
+            problems.append(f"{path}: not found")
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        nifti = [p for p in files if p.name.endswith((".nii", ".nii.gz"))]
+        if path.is_dir() and nifti:
+            for folder in sorted({p.parent for p in nifti}):
+                groups.append(folder)
+        else:
+            loose_nifti += nifti
+        for p in files:
+            if p.suffix == ".h5":
+                match = H5_NAME.fullmatch(p.name)
+                h5_by_volume.setdefault(f"volume_{match[1]}" if match else p.stem, []).append(p)
+            elif p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(("_mask", "_overlay")):
+                groups.append(p)
+    if loose_nifti:
+        groups.append(loose_nifti)
+    groups += [sorted(files, key=_slice_number) for _, files in sorted(h5_by_volume.items())]
+    return groups, problems
+
+
+def read_scan(group: Path | list[Path], model: Model) -> Scan:
+    """Load one input group as (S, C, H, W) in the model's channel order; errors name the input."""
+    if isinstance(group, Path) and group.is_dir() or isinstance(group, list) and group[0].name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(sorted(group.glob("*.nii*")) if isinstance(group, Path) else group, model)
+    if isinstance(group, list):
+        return _read_h5(group, model)
+    return _read_image(group, model)
+
+
+def _read_nifti(files: list[Path], model: Model) -> Scan:
+    name = files[0].parent.name if files else "nifti"
+    by_channel = {}
+    for channel in model.channels:
+        found = [f for f in files if re.search(rf"_{re.escape(channel)}\.nii(\.gz)?$", f.name)]
+        if not found:
+            raise PipelineError(f"{files[0].parent if files else name}: no *_{channel}.nii(.gz) file; the model expects "
+                                f"sequences {model.channels}")
+        by_channel[channel] = found[0]
+    volumes, reference = [], None
+    for channel, path in by_channel.items():
+        data, image = read_nifti(path, dtype=np.float32)  # the dataset reader's checks (gzip CRC, 3D)
+        if reference is not None and data.shape != volumes[0].shape:
+            raise PipelineError(f"{path}: shape {data.shape} differs from {by_channel[model.channels[0]].name} {volumes[0].shape}")
+        reference = reference or image
+        volumes.append(data)
+    stack = np.stack(volumes).transpose(3, 0, 1, 2)  # axial slices: (S, C, H, W) from (C, H, W, S)
+    voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
+    return Scan(name, "nifti", np.ascontiguousarray(stack), list(by_channel.values()), reference, voxel_ml)
+
+
+def _read_h5(files: list[Path], model: Model) -> Scan:
+    missing = [c for c in model.channels if c not in model.source_channels]
+    if missing:
+        raise PipelineError(f"{files[0]}: the model expects channels {model.channels}, which .h5 slices do not hold")
+    pick = [model.source_channels.index(c) for c in model.channels]
+    slices = []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as h5:
+                image = np.asarray(h5["image"], dtype=np.float32)
+        except (OSError, KeyError) as error:
+            raise PipelineError(f"{path}: unreadable .h5 slice ({one_line(error, 120)})") from None
+        if image.ndim != 3 or image.shape[-1] != len(model.source_channels):
+            raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {len(model.source_channels)}) "
+                                f"with channels {model.source_channels}")
+        slices.append(image.transpose(2, 0, 1)[pick])
+    match = H5_NAME.fullmatch(files[0].name)
+    return Scan(f"volume_{match[1]}" if match else files[0].stem, "h5", np.stack(slices), files)
+
+
+def _read_image(path: Path, model: Model) -> Scan:
+    if model.checkpoint["data_meta"]["dataset"] in ("brats2020", "brats2020_nifti") or len(model.channels) not in (1, 3):
+        raise PipelineError(f"{path}: a 2D image, but the model expects {len(model.channels)} MRI sequences "
+                            f"{model.channels}; give it a case folder or .h5 slices")
+    flag = cv2.IMREAD_GRAYSCALE if len(model.channels) == 1 else cv2.IMREAD_COLOR
+    image = cv2.imread(str(path), flag)
+    if image is None:
+        raise PipelineError(f"{path}: unreadable image (truncated, corrupt or not an image)")
+    image = image[None] if image.ndim == 2 else image[..., ::-1].transpose(2, 0, 1)  # BGR -> file's RGB order
+    return Scan(path.stem, "image", image[None].astype(np.float32), [path])
+
+
+def predict_scan(scan: Scan, model: Model, device: torch.device) -> np.ndarray:
+    """Probabilities (S, K, H, W) on the scan's own geometry."""
+    inputs, _, placement = prepare_image(scan.image, model.settings)
+    probabilities = predict_probabilities(model.network.to(device), inputs, device)
+    return place_back(probabilities, placement, model.settings)
+
+
+def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path) -> dict:
+    """Write the mask(s), overlays and the JSON summary; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    masks = probabilities > model.threshold  # (S, K, H, W)
+    written = []
+    if scan.kind == "nifti":
+        labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)
+        data = np.moveaxis(labels, 0, -1) if labels.ndim == 3 else labels.transpose(2, 3, 0, 1)
+        header = scan.reference.header.copy()
+        header.set_data_dtype(np.uint8)
+        path = out / f"{scan.name}_mask.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header), str(path))
+        written.append(path)
+    else:
+        for i, source in enumerate(scan.sources):
+            mask = masks[i, 0].astype(np.uint8) * 255
+            cv2.imwrite(str(out / f"{source.stem}_mask.png"), mask)
+            rgb = overlay(scan.image[i, 0], masks[i, 0], masks[i, 0])
+            cv2.imwrite(str(out / f"{source.stem}_overlay.png"), (rgb[..., ::-1] * 255).astype(np.uint8))
+            written += [out / f"{source.stem}_mask.png", out / f"{source.stem}_overlay.png"]
+    tumor = masks[:, 0]
+    summary = {
+        "input": [str(p) for p in scan.sources],
+        "tumor_present": bool(tumor.any()),
+        "slices_with_tumor": [int(i) for i in np.flatnonzero(tumor.reshape(len(tumor), -1).any(axis=1))],
+        "tumor_pixels": {name: int(masks[:, k].sum()) for k, name in enumerate(model.targets)},
+        "threshold": model.threshold,
+        "model": model.summary,
+        "outputs": [str(p) for p in written],
+    }
+    if scan.voxel_ml is not None:
+        summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4) for k, name in enumerate(model.targets)}
+    (out / f"{scan.name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def _label_volume(masks: np.ndarray, targets: list[str]) -> np.ndarray:
+    """Binary target -> 0/1 (S, H, W); BraTS regions WT/TC/ET -> labels 0/1/2/4; else 0/1 per target."""
+    if len(targets) == 1:
+        return masks[:, 0].astype(np.uint8)
+    if set(targets) == set(BRATS_LABELS):
+        labels = np.zeros(masks[:, 0].shape, np.uint8)
+        for name in ("WT", "TC", "ET"):  # nested regions: paint the outer first
+            labels[masks[:, targets.index(name)]] = BRATS_LABELS[name]
+        return labels
+    return masks.astype(np.uint8)
+
+
+def _slice_number(path: Path) -> tuple[int, str]:
+    match = H5_NAME.fullmatch(path.name)
+    return (int(match[2]) if match else 0, path.name)

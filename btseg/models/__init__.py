@@ -1,0 +1,51 @@
+"""Segmentation models by name: `create_model("unet", in_channels=4)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from btseg.errors import PipelineError, one_line
+from btseg.models.resnet_unet import ResNet34UNet
+from btseg.models.unet import ResUNet, UNet
+
+MODEL_FORMAT = 2  # version of model.pt's contents; bump when they change, predict refuses others
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "resunet": ResUNet, "resnet34_unet": ResNet34UNet}
+
+
+def create_model(name: str, *, in_channels: int, out_channels: int = 1, base_channels: int = 16, depth: int = 3,
+                 norm: str = "batch", dropout: float = 0.0, deep_supervision: bool = False,
+                 encoder_weights: str | None = None) -> nn.Module:
+    """Build a registered model; an unknown name is an error listing the valid ones.
+
+    `encoder_weights` (a torchvision-format resnet34 state-dict file) applies to resnet34_unet only,
+    whose depth is fixed at 5.
+    """
+    try:
+        model_class = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model '{name}'; expected one of {sorted(MODELS)}") from None
+    kwargs = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels, depth=depth,
+                  norm=norm, dropout=dropout, deep_supervision=deep_supervision)
+    if model_class is ResNet34UNet:
+        return ResNet34UNet(**{**kwargs, "depth": 5}, encoder_weights=encoder_weights)
+    if encoder_weights:
+        raise ValueError(f"encoder weights are for resnet34_unet, not {name}")
+    return model_class(**kwargs)
+
+
+def load_model_file(path) -> tuple[nn.Module, dict]:
+    """Model (eval mode, on CPU) and the contents of a model file (model.pt) written by the train stage."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict):
+            raise TypeError(f"holds a {type(checkpoint).__name__}, expected a dict")
+        # the weights come from the checkpoint itself: no pretrained file is needed to rebuild it
+        model = create_model(checkpoint["model"], **{**checkpoint["model_args"], "encoder_weights": None})
+        model.load_state_dict(checkpoint["state_dict"])
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run the train stage first") from None
+    except Exception as error:  # torch.load raises many types (EOF, unpickling, zip) for a damaged file
+        reason = one_line(error, 200)
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline ({reason}); re-run the train stage") from None
+    return model.eval(), checkpoint

@@ -1,0 +1,242 @@
+"""The `train` stage's library: from preprocessed slices to a model file, in named steps.
+
+`train_model` reads top to bottom as the steps of a run: relaunch under torchrun when
+train.nproc > 1, join the job, load the slices, pick the device, build the model, open the
+dvclive log, fit (resuming a matching checkpoint), choose the decision threshold on validation,
+write the model file. The checkpoint beside the model file is updated every epoch, so a killed run
+resumes; it is resumed only for the same settings, data files and training code (`code_files`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+import btseg
+from btseg.config import EvaluateParams, Params, TrainParams
+from btseg.errors import PipelineError
+from btseg.evaluation.thresholds import choose_threshold
+from btseg.fileio import atomic_file
+from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
+from btseg.models import MODEL_FORMAT, create_model
+from btseg.preprocessing.slices import SliceSet, load_split
+from btseg.training.loop import SINGLE, Distributed, Diverged, fingerprint, fit, matching_checkpoint, unwrap
+
+log = logging.getLogger(__name__)
+
+LOGGED = ("train_loss", "val_loss", "val_case_dice", "val_case_iou", "learning_rate")
+REPO = Path(btseg.__file__).resolve().parent.parent
+
+
+def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir: Path, params: Params,
+                relaunch: Sequence[str]) -> None:
+    """Train `model_name` on `slices`; write out/model.pt (best validation epoch) and out/checkpoint.pt.
+
+    `relaunch` is the command line that starts this same run again (for torchrun with train.nproc > 1).
+    """
+    config = params.train
+    if config.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        launch_torchrun(config.nproc, relaunch)
+        return
+    dist = init_distributed(config)
+    train_split, val_split = load_split(slices, "train"), load_split(slices, "val")
+    if config.batch_size > len(train_split.images):
+        raise PipelineError(f"params.yaml: train.batch_size: {config.batch_size} is larger than the "
+                            f"{len(train_split.images)} training slices of {dataset}; lower it")
+    device = choose_device(config, dist)
+    model, model_args = build_model(model_name, train_split, config, dist, device)
+    threshold = params.evaluate.threshold  # validation Dice during training is measured at this threshold
+    identity = {"model": model_name, "data": data_meta(train_split), "train_slices": len(train_split.images),
+                "threshold": threshold, "data_files": file_stamps(slices), "code": code_hash()}
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    live = open_live(live_dir, checkpoint, fingerprint(config, identity)) if dist.writer else None
+    log.info("%s on %s: %d train / %d val slices, device %s", model_name, dataset,
+             len(train_split.images), len(val_split.images), device)
+    try:
+        result = fit(model, train_split, val_split, config, threshold=threshold, device=device, checkpoint=checkpoint,
+                     identity=identity, on_epoch=live_logger(live), dist=dist)
+    except Diverged as error:
+        raise PipelineError(f"{error}; the last good epoch is kept in {checkpoint}; lower train.learning_rate "
+                            "or set train.grad_clip") from None
+    finally:
+        if live is not None:
+            live.end()
+    if not dist.writer:
+        return  # rank 0 writes the model
+    model = unwrap(model)
+    model.load_state_dict(result.best_state)
+    decision = decision_threshold(model, val_split, params.evaluate, device, config)
+    save_model_file(out / "model.pt", model_name, model_args, result, decision, train_split, config)
+    log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
+             " (stopped early)" if result.stopped_early else "")
+
+
+def launch_torchrun(nproc: int, command: Sequence[str]) -> None:
+    """Run the stage again under torchrun with `nproc` processes on this machine (train.nproc).
+
+    For several machines, start `torchrun --nnodes ... --rdzv-endpoint ... stages/train.py ...` on
+    each instead (README): the stage then sees torchrun's environment and does not launch again.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *command]
+    log.info("launching %d processes: %s", nproc, " ".join(command))
+    code = subprocess.run(command).returncode
+    if code:
+        raise PipelineError(f"distributed training (train.nproc={nproc}) failed with exit code {code}; see the errors above")
+
+
+def init_distributed(config: TrainParams) -> Distributed:
+    """Join the torchrun job this process was started in (gloo on CPU, NCCL on GPUs), if any."""
+    if "LOCAL_RANK" not in os.environ:
+        return SINGLE
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    atexit.register(torch.distributed.destroy_process_group)
+    dist = Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    if config.batch_size % dist.world:
+        raise PipelineError(f"params.yaml: train.batch_size: {config.batch_size} must divide evenly over the "
+                            f"{dist.world} processes of this torchrun job")
+    return dist
+
+
+def choose_device(config: TrainParams, dist: Distributed) -> torch.device:
+    """train.device, this process's GPU under torchrun, and the CPU threads it may use."""
+    try:
+        device = pick_device(config.device)
+    except RuntimeError as error:
+        raise PipelineError(f"params.yaml: {error}") from None
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    # the cores are shared among the processes of one machine
+    set_threads(config.num_threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return device
+
+
+def build_model(name: str, train_split: SliceSet, config: TrainParams, dist: Distributed,
+                device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The seeded model (the same params give the same initial weights) and its constructor arguments;
+    under torchrun, placed on its device and wrapped in DistributedDataParallel."""
+    model_args = {"in_channels": len(train_split.meta["channels"]), "out_channels": len(train_split.meta["targets"]),
+                  "base_channels": config.base_channels, "depth": config.depth, "norm": config.norm,
+                  "dropout": config.dropout, "deep_supervision": config.deep_supervision}
+    torch.manual_seed(config.seed)
+    try:
+        model = create_model(name, **model_args, encoder_weights=config.encoder_weights or None)
+    except ValueError as error:
+        key = "train.encoder_weights" if config.encoder_weights and "state dict" in str(error) else f"train.models ({name})"
+        raise PipelineError(f"params.yaml: {key}: {error}") from None
+    if dist.world > 1:
+        if config.sync_batchnorm:
+            if device.type != "cuda":
+                raise PipelineError("params.yaml: train.sync_batchnorm: needs CUDA GPUs (PyTorch's SyncBatchNorm); "
+                                    "set it to false on CPU")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        placed = model.to(device, memory_format=memory_format(config.speed.channels_last, device))
+        model = torch.nn.parallel.DistributedDataParallel(placed, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, model_args
+
+
+def data_meta(split: SliceSet) -> dict:
+    """What the model was trained on; evaluate refuses slices that differ in any of it."""
+    return {k: split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")}
+
+
+def file_stamps(slices: Path) -> dict[str, list[int]]:
+    """Size and modification time of the training arrays: a re-run of preprocess changes them, so a
+    checkpoint of other data is never resumed (cheaper than hashing gigabytes at every start)."""
+    return {str(p.relative_to(slices)): [p.stat().st_size, p.stat().st_mtime_ns]
+            for split in ("train", "val") for p in sorted((slices / split).glob("*.npy"))}
+
+
+def code_files(dvc_yaml: Path = REPO / "dvc.yaml") -> list[Path]:
+    """The Python files the train stage depends on: exactly its code deps in dvc.yaml (files, and the
+    .py files in listed folders), so DVC reruns training and the checkpoint stops matching together.
+    Without a dvc.yaml (an installed package, no repository), the whole package."""
+    if not dvc_yaml.is_file():
+        return sorted(Path(btseg.__file__).parent.rglob("*.py"))
+    deps = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]["train"]["deps"]
+    files: list[Path] = []
+    for dep in deps:
+        path = dvc_yaml.parent / dep
+        if "$" not in dep:  # ${item.dataset}: data, not code
+            files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def code_hash() -> str:
+    """Hash of the training code (`code_files`): changed code never resumes an old checkpoint."""
+    digest = hashlib.sha256()
+    for path in code_files():
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def live_logger(live):
+    """The per-epoch callback that logs `LOGGED` to dvclive (None without a logger: other ranks)."""
+    if live is None:
+        return None
+
+    def on_epoch(row: dict) -> None:
+        live.step = row["epoch"] - 1  # step = epoch - 1 also after a resume
+        for name in LOGGED:
+            live.log_metric(name, row[name])
+        live.next_step()
+    return on_epoch
+
+
+def open_live(folder: Path, checkpoint: Path, key: str):
+    """dvclive logger; continues the existing log when the checkpoint will be resumed, else starts clean."""
+    from dvclive import Live  # noqa: PLC0415 - dvclive imports git and DVC: only training needs it
+
+    resuming = matching_checkpoint(checkpoint, key) is not None
+    if not resuming and folder.exists():
+        shutil.rmtree(folder)
+    # dvcyaml=None: the plots are declared in our dvc.yaml; save_dvc_exp=False: DVC runs us, not the reverse
+    try:
+        return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+    except Exception as error:  # dvclive reads the git revision; a repository without commits has none
+        if "empty git repo" in str(error).lower():
+            raise PipelineError("dvclive needs a git repository with at least one commit; run `git commit` first") from None
+        raise
+
+
+def decision_threshold(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, device: torch.device,
+                       config: TrainParams) -> float:
+    """The probability threshold stored with the model: fixed, or the one with the best mean
+    per-case validation Dice over evaluate.threshold_grid (the evaluate stage picks the same)."""
+    if evaluate.threshold_from != "validation":
+        return evaluate.threshold
+    probabilities = predict_probabilities(model, val_split.images, device, precision=config.speed.precision,
+                                          channels_last=config.speed.channels_last)
+    threshold, _ = choose_threshold(probabilities, val_split.masks, val_split.index, evaluate.threshold_grid)
+    return threshold
+
+
+def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, train_split: SliceSet,
+                    config: TrainParams) -> None:
+    """model.pt: everything prediction needs (architecture, weights, threshold, how images were prepared)."""
+    with atomic_file(path) as partial:
+        torch.save({
+            "format_version": MODEL_FORMAT,
+            "threshold": threshold,
+            "model": model_name,
+            "model_args": model_args,
+            "state_dict": result.best_state,
+            "best_epoch": result.best_epoch,
+            "val_case_dice": result.best_val_dice,
+            "stopped_early": result.stopped_early,
+            "train_params": config.model_dump(),
+            "data_meta": data_meta(train_split),
+            # what prediction needs besides: how images were prepared and the files' channel order
+            "inference_meta": {k: train_split.meta[k] for k in ("geometry", "source_channels")},
+        }, partial)
