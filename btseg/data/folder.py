@@ -35,15 +35,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND chunk type + its fixed CRC
 JPEG_START, JPEG_SCAN, JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
 
-# The layout write_sample produces; the integrator mirrors it in params.yaml data.folder.
-SAMPLE_OPTIONS = {
-    "images": "images/*.png",
-    "masks": "masks/{stem}_mask.png",
-    "case_pattern": r"(?P<case>.+)_(?P<slice>\d+)",
-    "channels": ["grey"],
-    "input_channels": ["grey"],
-    "labels": {"tumor": 255},
-}
 SAMPLE_DEPTH = 100  # slices of the phantom volume the sample's slices are taken from
 SAMPLE_SCALE = 200  # phantom signal (about 0..1.2) -> 8-bit grey, as the COCO sample does
 
@@ -155,7 +146,7 @@ def read_case(case: CaseRef, options) -> Case:
 
 
 def write_sample(root: Path, *, cases: int, slices_per_case: int, size: int, seed: int) -> None:
-    """Synthetic patients in the layout of SAMPLE_OPTIONS; the same seed gives the same bytes.
+    """Synthetic patients in the layout params.yaml's data.folder describes; the same seed gives the same bytes.
 
     `images/patient<NN>_<k>.png` is a greyscale FLAIR slice (k = 1..slices_per_case, bottom to
     top), `masks/patient<NN>_<k>_mask.png` is 255 on any tumor tissue (edema, enhancing rim,

@@ -13,6 +13,8 @@ from btseg.data import brats_h5, brats_nifti, coco, folder, lgg
 READERS: dict[str, ModuleType] = {"brats2020": brats_h5, "tumor_coco": coco, "brats2020_nifti": brats_nifti,
                                   "lgg": lgg, "folder": folder}
 DATASET_NAMES: tuple[str, ...] = tuple(READERS)
+# datasets stored as 2D image files (PNG/JPG/TIF): a model trained on one can predict on such images
+IMAGE_FILE_DATASETS = frozenset({"tumor_coco", "lgg", "folder"})
 
 
 def reader(dataset: str) -> ModuleType:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from btseg.data.brats_nifti import read_nifti
+from btseg.data.registry import IMAGE_FILE_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import overlay
 from btseg.inference.batched import predict_probabilities
@@ -152,7 +153,7 @@ def _read_h5(files: list[Path], model: Model) -> Scan:
 
 
 def _read_image(path: Path, model: Model) -> Scan:
-    if model.checkpoint["data_meta"]["dataset"] in ("brats2020", "brats2020_nifti") or len(model.channels) not in (1, 3):
+    if model.checkpoint["data_meta"]["dataset"] not in IMAGE_FILE_DATASETS or len(model.channels) not in (1, 3):
         raise PipelineError(f"{path}: a 2D image, but the model expects {len(model.channels)} MRI sequences "
                             f"{model.channels}; give it a case folder or .h5 slices")
     flag = cv2.IMREAD_GRAYSCALE if len(model.channels) == 1 else cv2.IMREAD_COLOR
