@@ -40,6 +40,7 @@ class Section(BaseModel):
 
 class BratsH5Params(Section):
     kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
     image_channels: Names  # as stored in the .h5 files, in order
     mask_channels: Names  # sub-regions as stored, in order
     input_channels: Names  # subset/order fed to the model
@@ -47,10 +48,12 @@ class BratsH5Params(Section):
 
 class TumorCocoParams(Section):
     kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
 
 
 class BratsNiftiParams(Section):
     kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
     sequences: Names
     input_channels: Names
     labels: LabelValues
@@ -59,6 +62,7 @@ class BratsNiftiParams(Section):
 
 class LggParams(Section):
     kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
     channels: Names
     input_channels: Names
     labels: LabelValues

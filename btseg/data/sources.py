@@ -1,15 +1,20 @@
 """Where a dataset's raw files come from (data.source): the synthetic sample, the user's own
-folder, or the Kaggle archive through kagglehub; the `download` stage's library."""
+folder, an archive the user already has (data.<dataset>.archive: the unpacked folder or the .zip
+as downloaded from the Kaggle website), or the Kaggle archive through kagglehub; the `download`
+stage's library."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import zipfile
 from pathlib import Path
+
+from tqdm import tqdm
 
 from btseg.config import Params
 from btseg.data import kaggle, sample
-from btseg.errors import PipelineError
+from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -40,8 +45,39 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
             shutil.copytree(own, partial)
         log.info("folder: %s copied into %s", own, destination)
         return
+    archive = getattr(data, dataset).archive
+    if archive:
+        with atomic_dir(destination) as partial:
+            unpack_archive(Path(archive), partial, f"data.{dataset}.archive")
+        log.info("%s: archive %s unpacked into %s", dataset, archive, destination)
+        return
     handle = getattr(data, dataset).kaggle_handle
     cached = kaggle.download(handle)
     with atomic_dir(destination) as partial:
         kaggle.place(cached, partial)
     log.info("%s: Kaggle %s placed in %s", dataset, handle, destination)
+
+
+def unpack_archive(archive: Path, destination: Path, param: str) -> None:
+    """Fill the empty folder `destination` with the archive's files: a folder is copied (not linked:
+    DVC makes the files it caches read-only, which through a link would reach the originals), a .zip
+    is checked whole (CRC of every member) and extracted. The readers then find their layout inside."""
+    if archive.is_dir():
+        shutil.rmtree(destination)
+        shutil.copytree(archive, destination)
+        return
+    if not archive.is_file():
+        raise PipelineError(f"params.yaml: {param}: {archive} not found; give the unpacked folder or the .zip "
+                            "as downloaded, or set it to '' to download from Kaggle")
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            for member in members:
+                target = (destination / member.filename).resolve()
+                if not target.is_relative_to(destination.resolve()):
+                    raise PipelineError(f"{archive}: member {member.filename!r} would land outside the dataset folder")
+            for member in tqdm(members, desc=f"unpack {archive.name}", unit="file", disable=None):
+                bundle.extract(member, destination)  # zipfile checks each member's CRC as it reads
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise PipelineError(f"{archive}: not a readable .zip ({one_line(error, 160)}); download it again "
+                            f"or give the unpacked folder in {param}") from None

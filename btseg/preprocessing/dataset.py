@@ -36,7 +36,8 @@ def source_version(params: Params, dataset: str) -> str:
         return f"sample(seed={params.data.sample.seed})"
     if dataset == "folder":
         return f"folder({params.data.folder.path})"
-    return getattr(params.data, dataset).kaggle_handle
+    options = getattr(params.data, dataset)
+    return f"archive({options.archive})" if options.archive else options.kaggle_handle
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Prepared:
     images: np.ndarray | None = None  # float16 (S, C, size, size)
     masks: np.ndarray | None = None  # uint8 (S, K, size, size)
     slice_index: np.ndarray | None = None
+    selected: np.ndarray | None = None  # bool (S,): kept by slice selection (applied to the train split only)
     source_files: tuple[str, ...] = ()
     slices_read: int = 0
     skipped: str | None = None
@@ -77,12 +79,13 @@ def prepare_case(job: Job) -> Prepared:
     rng = np.random.default_rng([p.seed, zlib.crc32(job.case.case_id.encode())])
     keep = select_slices(target.reshape(len(target), -1).any(axis=1), brain.reshape(len(brain), -1).sum(axis=1),
                          p.tumor_free_fraction, p.skip_no_brain, rng)
-    target = target[keep][:, :, placement.rows, placement.cols]
+    selected = np.zeros(len(target), bool)
+    selected[keep] = True
+    target = target[:, :, placement.rows, placement.cols]
     s, k, h, w = target.shape
     masks = fit_to_size(target.reshape(s * k, h, w), p.size, p.fit, is_mask=True).reshape(s, k, p.size, p.size)
-    images = images[keep]
-    return Prepared(job.case, images.astype(np.float16), masks, case.slice_index[keep],
-                    tuple(case.source_files[i] for i in keep), slices_read=len(case.image))
+    return Prepared(job.case, images.astype(np.float16), masks, case.slice_index, selected,
+                    tuple(case.source_files), slices_read=len(case.image))
 
 
 def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> dict[str, int]:
@@ -110,7 +113,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
                 continue
             slices_read += prepared.slices_read
             if not len(prepared.images):
-                continue  # slice selection kept nothing of this case: it is in no split
+                continue  # a case without slices is in no split
             start = len(staging.rows)
             staging.add(prepared.images, prepared.masks, prepared.case.case_id, prepared.slice_index, prepared.source_files)
             rows[len(kept)] = (start, len(staging.rows))
@@ -119,7 +122,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     staging.close({})
     if not staging.rows:
         raise PipelineError(f"{raw}: no slices left after reading {len(cases)} cases ({len(skipped)} skipped as bad); "
-                            "check preprocess.tumor_free_fraction, preprocess.skip_no_brain and the input files")
+                            "check the input files")
 
     has_tumor = {}
     for i, prepared in enumerate(kept):
@@ -129,14 +132,21 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
 
     all_images = np.load(out / "_all" / "images.npy", mmap_mode="r")
     all_masks = np.load(out / "_all" / "masks.npy", mmap_mode="r")
-    counts = {}
+    counts, train_kept = {}, 0
     for split in SPLITS:
         writer = SliceWriter(out / split, len(channels), len(outputs), p.size)
         for i, prepared in enumerate(kept):
-            if assignment[i] == split:
-                start, end = rows[i]
-                writer.add(all_images[start:end], all_masks[start:end], prepared.case.case_id,
-                           prepared.slice_index, prepared.source_files)
+            if assignment[i] != split:
+                continue
+            start, end = rows[i]
+            # slice selection shapes what the model learns from; val and test keep every slice of
+            # their patients, so a per-case score is computed on the whole volume
+            chosen = np.flatnonzero(prepared.selected) if split == "train" else np.arange(end - start)
+            if split == "train":
+                train_kept += len(chosen)
+            if len(chosen):
+                writer.add(all_images[start:end][chosen], all_masks[start:end][chosen], prepared.case.case_id,
+                           prepared.slice_index[chosen], tuple(prepared.source_files[j] for j in chosen))
         meta = writer.close({
             "dataset": dataset, "split": split, "split_by": split_by,
             "source": params.data.source, "source_version": source_version(params, dataset),
@@ -148,13 +158,17 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
             "source_channels": source_channels,
             "targets": outputs,
             "selection": {"tumor_free_fraction": p.tumor_free_fraction, "skip_no_brain": p.skip_no_brain,
-                          "slices_read": slices_read, "slices_kept": len(staging.rows)},
+                          "applies_to": "the train split only; val and test keep every slice",
+                          "slices_read": slices_read, "train_slices_kept": train_kept},
             "leakage_check": {"unit": "case_id (patient; for Roboflow exports the source image behind *.rf.<hash>)",
                               "cases_in_two_splits": [], "passed": True},
             "bad_files": {"policy": p.on_bad_file, "skipped": len(skipped), "files": skipped},
             "arrays": {"images": "float16 (N, C, H, W)", "masks": "uint8 (N, K, H, W), K = len(targets), 1 = inside"},
         })
         counts[split] = meta["counts"]["slices"]
+        if split == "train" and not train_kept:
+            raise PipelineError(f"{raw}: no training slices left after slice selection; check "
+                                "preprocess.tumor_free_fraction, preprocess.skip_no_brain and the input files")
     del all_images, all_masks
     shutil.rmtree(out / "_all")
     return counts

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from btseg.data import brats_h5
+from btseg.preprocessing.slices import load_split
 from tests.conftest import stage_argv
 
 
@@ -137,7 +138,7 @@ def test_preprocess_workers_give_the_same_arrays_as_one_process(project, params_
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_dataset_left_empty_by_slice_selection_says_which_params(project, params_dict):
+def test_training_split_left_empty_by_slice_selection_says_which_params(project, params_dict):
     import cv2
 
     params_dict["preprocess"]["tumor_free_fraction"] = 0.0
@@ -148,8 +149,22 @@ def test_dataset_left_empty_by_slice_selection_says_which_params(project, params
         cv2.imwrite(str(mask), cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) * 0)
     result = run(project, "stages.preprocess", "--dataset", "folder")
     assert result.returncode == 1
-    assert "no slices left" in result.stderr and "preprocess.tumor_free_fraction" in result.stderr
+    assert "no training slices left" in result.stderr and "preprocess.tumor_free_fraction" in result.stderr
     assert not (project / "data/slices/folder").exists()
+
+
+def test_slice_selection_thins_the_training_split_only(project, params_dict):
+    params_dict["preprocess"].update(tumor_free_fraction=0.0, skip_no_brain=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for stage in ("stages.download", "stages.preprocess"):
+        assert run(project, stage, "--dataset", "brats2020").returncode == 0
+    train, val, test = (load_split(project / "data/slices/brats2020", s) for s in ("train", "val", "test"))
+    assert (train.index.tumor_pixels > 0).all()  # no tumor-free slice left to learn from
+    per_case = params_dict["data"]["sample"]["brats2020"]["slices_per_case"]
+    for split in (val, test):  # every slice of every patient, with and without tumor
+        assert (split.index.groupby("case_id").size() == per_case).all()
+        assert (split.index.tumor_pixels == 0).any()
+    assert train.meta["selection"]["train_slices_kept"] == len(train.images)
 
 
 def test_own_folder_is_copied_in_for_non_sample_source(project, params_dict, tmp_path):
