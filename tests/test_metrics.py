@@ -183,10 +183,13 @@ def test_summary_hand_computed():
         "pooled": {"dice": 4 / 15, "iou": 2 / 13, "precision": 1 / 2, "recall": 2 / 11},
     }
     for level, values in expected.items():
-        assert set(result[level]) == set(METRICS)
+        assert set(result[level]) == set(METRICS) | ({"dice_ci95_low", "dice_ci95_high"} if level == "per_case" else set())
         for name, value in values.items():
             assert isinstance(result[level][name], float)
             assert result[level][name] == pytest.approx(value), (level, name)
+    # resampling two cases with Dice 0 and 4/13 gives means 0, 2/13, 4/13 with chances 1/4, 1/2, 1/4:
+    # the 2.5th and 97.5th percentiles are the extremes
+    assert (result["per_case"]["dice_ci95_low"], result["per_case"]["dice_ci95_high"]) == pytest.approx((0, 4 / 13))
 
 
 # --- against an independent implementation --------------------------------------------------

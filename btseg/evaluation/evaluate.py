@@ -6,6 +6,7 @@ Beside the metrics JSON (headline numbers only), the evaluation folder gets:
 - per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.evaluation.metrics);
 - pr_curve.csv: pooled test precision / recall / Dice per threshold and target;
 - threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
+- postprocess_sweep.csv: mean per-case val Dice per post-processing rule (postprocess=validation);
 - settings.json: the threshold used and how it was chosen, the targets, the conventions;
 - probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage.
 """
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btseg.config import Params
+from btseg.config import EvaluateParams, Params
 from btseg.errors import PipelineError
 from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets
+from btseg.evaluation.postprocess import apply_rule, choose_postprocess
 from btseg.evaluation.thresholds import choose_threshold, precision_recall_curve
 from btseg.fileio import atomic_dir, write_json
 from btseg.inference.batched import pick_device, predict_probabilities, set_threads
@@ -36,7 +38,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     """Score `model_file` on the test split of `slices`; write `metrics_file` and the `evaluation` folder."""
     settings, speed = params.evaluate, params.train.speed
     model, contents = load_model_file(model_file)
-    splits = ("val", "test") if settings.threshold_from == "validation" else ("test",)
+    uses_val = settings.threshold_from == "validation" or settings.postprocess == "validation"
+    splits = ("val", "test") if uses_val else ("test",)
     data = {name: load_split(slices, name) for name in splits}
     for split in data.values():
         check_trained_on(split, contents, model_file, slices)
@@ -46,20 +49,20 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     model = model.to(device)
 
     def predict(images: np.ndarray) -> np.ndarray:  # bf16 on a GPU under auto, as in training's validation
-        return predict_probabilities(model, images, device, precision=speed.precision, channels_last=speed.channels_last)
+        return predict_probabilities(model, images, device, precision=speed.precision, channels_last=speed.channels_last,
+                                     tta=settings.tta)
 
-    sweep, threshold = None, settings.threshold
-    if settings.threshold_from == "validation":
-        val = data["val"]
-        threshold, sweep = choose_threshold(predict(val.images), val.masks, val.index, settings.threshold_grid)
-        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
+    val_probabilities = predict(data["val"].images) if "val" in data else None
+    threshold, sweep, rule, rules = decide(val_probabilities, data.get("val"), settings)
     probabilities = predict(test.images)
-    per_slice, per_case, metrics = evaluate_targets(probabilities > threshold, test.masks, test.index, targets,
+    predicted = apply_rule(probabilities > threshold, test.index, rule)
+    per_slice, per_case, metrics = evaluate_targets(predicted, test.masks, test.index, targets,
                                                     size_buckets=dict(settings.size_buckets))
     pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k], PR_THRESHOLDS).assign(target=name)
                           for k, name in enumerate(targets)], ignore_index=True)
     chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
-              "val_case_dice": None if sweep is None else float(sweep.case_dice.max())}
+              "val_case_dice": None if sweep is None else float(sweep.case_dice.max()),
+              "postprocess": rule, "tta": settings.tta}
     conventions = {"aggregation": AGGREGATION, "empty_mask_convention": EMPTY_MASK_CONVENTION,
                    "hd95_convention": HD95_CONVENTION, "hd95_unit": "px"}
     metrics = {**metrics, **chosen, **conventions}
@@ -70,6 +73,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
         pr_curve.to_csv(partial / "pr_curve.csv", index=False, float_format="%.6f")
         if sweep is not None:
             sweep.to_csv(partial / "threshold_sweep.csv", index=False, float_format="%.6f")
+        if rules is not None:
+            rules.to_csv(partial / "postprocess_sweep.csv", index=False, float_format="%.6f")
         write_json(partial / "settings.json", {**chosen, "targets": targets, "size_buckets": dict(settings.size_buckets),
                                                "pr_thresholds": PR_THRESHOLDS.tolist(), **conventions})
         np.save(partial / "probabilities.npy", probabilities.astype(np.float16))
@@ -79,6 +84,24 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
              metrics["per_case"]["hd95_px"], metrics["per_slice"]["dice"], metrics["pooled"]["dice"],
              metrics["cases"], metrics["slices"])
     return metrics
+
+
+def decide(val_probabilities: np.ndarray | None, val: SliceSet | None,
+           settings: EvaluateParams) -> tuple[float, pd.DataFrame | None, str, pd.DataFrame | None]:
+    """The decision threshold and the post-processing rule, as train stores them and evaluate uses
+    them: the threshold from the val split (or evaluate.threshold), then, at that threshold, the
+    connected-component rule that raises val Dice (or none). Also their sweeps (None when fixed)."""
+    sweep, threshold = None, settings.threshold
+    if settings.threshold_from == "validation":
+        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid)
+        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
+    rule, rules = "none", None
+    if settings.postprocess == "validation":
+        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index,
+                                         list(settings.min_component_voxels))
+        log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
+                 rules.case_dice.max(), rules.case_dice.iloc[0])
+    return threshold, sweep, rule, rules
 
 
 def check_trained_on(split: SliceSet, contents: dict, model_file: Path, slices: Path) -> None:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from btseg.evaluation.statistics import bootstrap_ci
+
 METRICS = ("dice", "iou", "precision", "recall")
 # short: it is a column of `dvc metrics show` / `dvc exp show`
 EMPTY_MASK_CONVENTION = "both empty: 1; else x/0: 0"
@@ -85,8 +87,10 @@ def summary(per_slice: pd.DataFrame, per_case: pd.DataFrame, size_buckets: dict[
     """
     counts = per_slice[["tp", "fp", "fn"]].to_numpy().sum(axis=0)
     pooled = scores(counts)
+    low, high = bootstrap_ci(per_case.dice.to_numpy())
     result = {
-        "per_case": {name: float(per_case[name].mean()) for name in METRICS},
+        # the headline with its 95% bootstrap interval over cases (patients resampled)
+        "per_case": {**{name: float(per_case[name].mean()) for name in METRICS}, "dice_ci95_low": low, "dice_ci95_high": high},
         "per_slice": {name: float(per_slice[name].mean()) for name in METRICS},
         "pooled": {name: float(pooled[name][0]) for name in METRICS},
         "cases": int(len(per_case)),
@@ -135,6 +139,9 @@ def evaluate_targets(predicted: np.ndarray, truth: np.ndarray, index: pd.DataFra
         metrics = {group: {key: _mean([np.nan if s[group][key] is None else s[group][key] for s in summaries.values()])
                            for key in first[group]}
                    for group in ("per_case", "per_slice", "pooled", "dice_conventions")}
+        # the interval of the mean over targets, from each case's Dice averaged over its targets
+        mean_dice = pd.concat([c.set_index("case_id").dice for c in cases], axis=1).mean(axis=1).to_numpy()
+        metrics["per_case"]["dice_ci95_low"], metrics["per_case"]["dice_ci95_high"] = bootstrap_ci(mean_dice)
         metrics.update(cases=first["cases"], slices=first["slices"],
                        brats_legacy_hd95=_mean([s["brats_legacy_hd95"] for s in summaries.values()]), targets=summaries)
     return pd.concat(slices, ignore_index=True), pd.concat(cases, ignore_index=True), metrics

@@ -63,36 +63,51 @@ def _to_device(images: np.ndarray, device: torch.device, layout: torch.memory_fo
     return tensor.contiguous(memory_format=layout)
 
 
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # test-time augmentation: as is, left-right, up-down, both
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int | None,
-             precision: str, channels_last: bool, finish) -> list[np.ndarray]:
+             precision: str, channels_last: bool, tta: bool, finish_logits, finish_probabilities) -> list[np.ndarray]:
     model.eval()
     dtype = autocast_dtype(precision, device)
     layout = memory_format(channels_last, device)
     model.to(memory_format=layout)
     batch_size = batch_size or default_batch(device)
+
+    def logits_of(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model(batch).float()
+
     parts = []
     for start in range(0, len(images), batch_size):
         batch = _to_device(images[start:start + batch_size], device, layout)
-        with autocast(device, dtype):
-            logits = model(batch)
-        parts.append(finish(logits.float()).cpu().numpy())
+        if not tta:
+            parts.append(finish_logits(logits_of(batch)).cpu().numpy())
+            continue
+        # each flip's probabilities flipped back (a flip is its own inverse), then averaged
+        flipped = [torch.sigmoid(logits_of(batch.flip(dims))).flip(dims) if dims else torch.sigmoid(logits_of(batch))
+                   for dims in FLIPS]
+        parts.append(finish_probabilities(torch.stack(flipped).mean(dim=0)).cpu().numpy())
     return parts
 
 
 def predict_probabilities(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int | None = None,
-                          precision: str = "auto", channels_last: bool = True) -> np.ndarray:
+                          precision: str = "auto", channels_last: bool = True, tta: bool = False) -> np.ndarray:
     """Probability per pixel and target, float32 (N, K, H, W), for images (N, C, H, W).
 
-    `precision` and `channels_last` as train.speed (auto: bf16 autocast on CUDA, fp32 on CPU)."""
-    parts = _predict(model, images, device, batch_size, precision, channels_last, torch.sigmoid)
+    `precision` and `channels_last` as train.speed (auto: bf16 autocast on CUDA, fp32 on CPU);
+    `tta` (evaluate.tta): the mean of the probabilities of the image and its three flips."""
+    parts = _predict(model, images, device, batch_size, precision, channels_last, tta, torch.sigmoid, lambda p: p)
     return np.concatenate(parts) if parts else np.empty((0, 1, *images.shape[2:]), np.float32)
 
 
 def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device, threshold: float,
-                  batch_size: int | None = None, precision: str = "auto", channels_last: bool = True) -> np.ndarray:
+                  batch_size: int | None = None, precision: str = "auto", channels_last: bool = True,
+                  tta: bool = False) -> np.ndarray:
     """Binary masks uint8 (N, K, H, W): thresholded on the device, so only a quarter of the bytes of
     the probabilities come back. sigmoid(x) > t  <=>  x > logit(t)."""
     cut = float(np.log(threshold / (1 - threshold)))
-    parts = _predict(model, images, device, batch_size, precision, channels_last, lambda logits: (logits > cut).to(torch.uint8))
+    parts = _predict(model, images, device, batch_size, precision, channels_last, tta,
+                     lambda logits: (logits > cut).to(torch.uint8), lambda p: (p > threshold).to(torch.uint8))
     return np.concatenate(parts) if parts else np.empty((0, 1, *images.shape[2:]), np.uint8)

@@ -17,12 +17,14 @@ import cv2
 import h5py
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import torch
 
 from btseg.data.brats_nifti import read_nifti
 from btseg.data.registry import IMAGE_FILE_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import overlay
+from btseg.evaluation.postprocess import apply_rule
 from btseg.inference.batched import predict_probabilities
 from btseg.models import MODEL_FORMAT, load_model_file
 from btseg.preprocessing.image import Settings, place_back, prepare_image
@@ -41,6 +43,8 @@ class Model:
     source_channels: list[str]
     targets: list[str]
     threshold: float
+    postprocess: str = "none"  # chosen on validation by the train stage (btseg.evaluation.postprocess)
+    tta: bool = False  # average over flips, as validation did
 
     @property
     def summary(self) -> dict:
@@ -58,7 +62,8 @@ def load_model(path: Path) -> Model:
     meta = {**checkpoint["data_meta"], **checkpoint["inference_meta"]}
     checkpoint["path"] = str(path)
     return Model(network, checkpoint, Settings.from_meta(meta), list(meta["channels"]), list(meta["source_channels"]),
-                 list(meta["targets"]), float(checkpoint["threshold"]))
+                 list(meta["targets"]), float(checkpoint["threshold"]), checkpoint.get("postprocess", "none"),
+                 bool(checkpoint.get("tta", False)))
 
 
 @dataclass
@@ -167,14 +172,16 @@ def _read_image(path: Path, model: Model) -> Scan:
 def predict_scan(scan: Scan, model: Model, device: torch.device) -> np.ndarray:
     """Probabilities (S, K, H, W) on the scan's own geometry."""
     inputs, _, placement = prepare_image(scan.image, model.settings)
-    probabilities = predict_probabilities(model.network.to(device), inputs, device)
+    probabilities = predict_probabilities(model.network.to(device), inputs, device, tta=model.tta)
     return place_back(probabilities, placement, model.settings)
 
 
 def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path) -> dict:
     """Write the mask(s), overlays and the JSON summary; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    masks = probabilities > model.threshold  # (S, K, H, W)
+    # (S, K, H, W); the scan is one case, its rows in slice order
+    volume = pd.DataFrame({"case_id": scan.name, "slice_index": np.arange(len(probabilities))})
+    masks = apply_rule(probabilities > model.threshold, volume, model.postprocess)
     written = []
     if scan.kind == "nifti":
         labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)
@@ -198,6 +205,7 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         "slices_with_tumor": [int(i) for i in np.flatnonzero(tumor.reshape(len(tumor), -1).any(axis=1))],
         "tumor_pixels": {name: int(masks[:, k].sum()) for k, name in enumerate(model.targets)},
         "threshold": model.threshold,
+        "postprocess": model.postprocess,
         "model": model.summary,
         "outputs": [str(p) for p in written],
     }

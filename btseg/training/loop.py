@@ -200,10 +200,11 @@ def fingerprint(config: TrainParams, extra: dict) -> str:
 
 def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *, threshold: float,
         device: torch.device, checkpoint: Path | None = None, identity: dict | None = None,
-        on_epoch: Callable[[dict], None] | None = None, dist: Distributed = SINGLE) -> TrainResult:
+        on_epoch: Callable[[dict], None] | None = None, dist: Distributed = SINGLE, tta: bool = False) -> TrainResult:
     """Train with early stopping on validation Dice, keeping the best epoch's weights.
 
-    Validation Dice is the mean per-case Dice at `threshold`, the number evaluate reports.
+    Validation Dice is the mean per-case Dice at `threshold` (with `tta`, of the flip-averaged
+    predictions), the number evaluate reports.
     With `checkpoint`, each epoch is saved there and a matching checkpoint is resumed.
     `on_epoch` receives each epoch's row of the history (for dvclive). Under torchrun (`dist`), the
     model is DistributedDataParallel, each process trains on its shard with batch_size / world,
@@ -252,7 +253,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
             if config.schedule == "onecycle":
                 scheduler.step()
         # every process scores the whole validation split with the same weights: the same decisions
-        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device, config.speed)
+        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device, config.speed, tta)
         epoch_loss = float(torch.stack(losses).mean())
         train_loss = epoch_loss if dist.world == 1 else dist.mean(epoch_loss)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_case_dice": val_dice,
@@ -299,9 +300,9 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, batch: int, window: in
 
 @torch.no_grad()
 def _validate(model: nn.Module, val: SliceSet, loss_fn: Loss, threshold: float, device: torch.device,
-              speed: SpeedParams) -> tuple[float, float, float]:
+              speed: SpeedParams, tta: bool = False) -> tuple[float, float, float]:
     probabilities = predict_probabilities(model, val.images, device, precision=speed.precision,
-                                          channels_last=speed.channels_last)
+                                          channels_last=speed.channels_last, tta=tta)
     # the loss on probabilities turned back into logits: one pass over the validation split
     logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))
     val_loss = float(loss_fn(logits, torch.from_numpy(val.masks.astype(np.float32))))

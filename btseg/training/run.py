@@ -25,7 +25,7 @@ import yaml
 import btseg
 from btseg.config import EvaluateParams, Params, TrainParams
 from btseg.errors import PipelineError
-from btseg.evaluation.thresholds import choose_threshold
+from btseg.evaluation.evaluate import decide
 from btseg.fileio import atomic_file
 from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
 from btseg.models import MODEL_FORMAT, create_model
@@ -57,7 +57,7 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     model, model_args = build_model(model_name, train_split, config, dist, device)
     threshold = params.evaluate.threshold  # validation Dice during training is measured at this threshold
     identity = {"model": model_name, "data": data_meta(train_split), "train_slices": len(train_split.images),
-                "threshold": threshold, "data_files": file_stamps(slices), "code": code_hash()}
+                "threshold": threshold, "tta": params.evaluate.tta, "data_files": file_stamps(slices), "code": code_hash()}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
     live = open_live(live_dir, checkpoint, fingerprint(config, identity)) if dist.writer else None
@@ -65,7 +65,7 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
              len(train_split.images), len(val_split.images), device)
     try:
         result = fit(model, train_split, val_split, config, threshold=threshold, device=device, checkpoint=checkpoint,
-                     identity=identity, on_epoch=live_logger(live), dist=dist)
+                     identity=identity, on_epoch=live_logger(live), dist=dist, tta=params.evaluate.tta)
     except Diverged as error:
         raise PipelineError(f"{error}; the last good epoch is kept in {checkpoint}; lower train.learning_rate "
                             "or set train.grad_clip") from None
@@ -76,8 +76,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
         return  # rank 0 writes the model
     model = unwrap(model)
     model.load_state_dict(result.best_state)
-    decision = decision_threshold(model, val_split, params.evaluate, device, config)
-    save_model_file(out / "model.pt", model_name, model_args, result, decision, train_split, config)
+    decision, rule = decide_on_validation(model, val_split, params.evaluate, device, config)
+    save_model_file(out / "model.pt", model_name, model_args, result, decision, rule, params.evaluate.tta, train_split, config)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
 
@@ -210,25 +210,25 @@ def open_live(folder: Path, checkpoint: Path, key: str):
         raise
 
 
-def decision_threshold(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, device: torch.device,
-                       config: TrainParams) -> float:
-    """The probability threshold stored with the model: fixed, or the one with the best mean
-    per-case validation Dice over evaluate.threshold_grid (the evaluate stage picks the same)."""
-    if evaluate.threshold_from != "validation":
-        return evaluate.threshold
+def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, device: torch.device,
+                         config: TrainParams) -> tuple[float, str]:
+    """The decision threshold and post-processing rule stored with the model, chosen on the val split
+    as the evaluate stage chooses them (btseg.evaluation.evaluate.decide)."""
     probabilities = predict_probabilities(model, val_split.images, device, precision=config.speed.precision,
-                                          channels_last=config.speed.channels_last)
-    threshold, _ = choose_threshold(probabilities, val_split.masks, val_split.index, evaluate.threshold_grid)
-    return threshold
+                                          channels_last=config.speed.channels_last, tta=evaluate.tta)
+    threshold, _, rule, _ = decide(probabilities, val_split, evaluate)
+    return threshold, rule
 
 
-def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, train_split: SliceSet,
-                    config: TrainParams) -> None:
+def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str, tta: bool,
+                    train_split: SliceSet, config: TrainParams) -> None:
     """model.pt: everything prediction needs (architecture, weights, threshold, how images were prepared)."""
     with atomic_file(path) as partial:
         torch.save({
             "format_version": MODEL_FORMAT,
             "threshold": threshold,
+            "postprocess": postprocess,  # btseg.evaluation.postprocess rule, chosen on validation
+            "tta": tta,  # predictions are the mean over flips
             "model": model_name,
             "model_args": model_args,
             "state_dict": result.best_state,

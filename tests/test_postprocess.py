@@ -1,0 +1,81 @@
+"""Post-processing rules on hand-built volumes, and the choice on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from btseg.evaluation.postprocess import apply_rule, choose_postprocess
+
+
+def volume_case() -> tuple[np.ndarray, pd.DataFrame]:
+    """Two cases; case a has 3 slices given out of order: a 2x2x3 blob across slices 0-2 (12 voxels),
+    a 1-voxel speck on slice 2 and a 2-voxel speck on slice 0; case b: one 1-voxel speck."""
+    masks = np.zeros((4, 1, 8, 8), bool)
+    index = pd.DataFrame({"case_id": ["a", "a", "b", "a"], "slice_index": [2, 0, 5, 1]})
+    for row in (0, 1, 3):
+        masks[row, 0, 1:3, 1:3] = True  # the blob: the same 2x2 square on each slice of a
+    masks[0, 0, 6, 6] = True  # a's slice 2: 1-voxel speck
+    masks[1, 0, 6, 5:7] = True  # a's slice 0: 2-voxel speck
+    masks[2, 0, 4, 4] = True  # b: 1 voxel
+    return masks, index
+
+
+def test_keep_largest_keeps_the_3d_blob_per_case():
+    masks, index = volume_case()
+    out = apply_rule(masks, index, "keep_largest")
+    assert out[[0, 1, 3], 0, 1:3, 1:3].all() and out.sum() == 12 + 1  # a's blob, and b's only component
+    assert masks.sum() == 12 + 1 + 2 + 1  # input untouched
+
+
+def test_remove_small_counts_voxels_in_3d():
+    masks, index = volume_case()
+    assert apply_rule(masks, index, "remove_small:2").sum() == 12 + 2  # 1-voxel specks go, in both cases
+    assert apply_rule(masks, index, "remove_small:3").sum() == 12
+    assert apply_rule(masks, index, "remove_small:13").sum() == 0
+
+
+def test_components_touching_across_slices_are_one():
+    masks = np.zeros((2, 1, 4, 4), bool)
+    masks[0, 0, 0, 0] = masks[1, 0, 0, 0] = True  # a voxel above a voxel: 6-connected in 3D
+    index = pd.DataFrame({"case_id": ["a", "a"], "slice_index": [0, 1]})
+    assert apply_rule(masks, index, "remove_small:2").sum() == 2
+
+
+def test_unknown_rule_is_an_error():
+    masks, index = volume_case()
+    with pytest.raises(ValueError, match="unknown post-processing rule"):
+        apply_rule(masks, index, "remove_small:x")
+
+
+def test_choice_is_none_unless_a_rule_is_strictly_better():
+    masks, index = volume_case()
+    truth = masks.copy()  # the prediction is perfect: nothing can improve it
+    rule, scores = choose_postprocess(masks, truth, index, [2, 50])
+    assert rule == "none" and list(scores.rule) == ["none", "keep_largest", "remove_small:2", "remove_small:50"]
+    truth = apply_rule(masks, index, "remove_small:3")  # the specks are false alarms
+    rule, scores = choose_postprocess(masks, truth, index, [3, 50])
+    # case a: none 24/27, keep_largest 1; case b (no tumor, a 1-voxel alarm): none 0, keep_largest 0, remove_small:3 1
+    assert scores.set_index("rule").case_dice.to_dict() == pytest.approx(
+        {"none": (24 / 27 + 0) / 2, "keep_largest": (1 + 0) / 2, "remove_small:3": 1.0, "remove_small:50": (0 + 1) / 2})
+    assert rule == "remove_small:3"
+
+
+def test_tta_averages_the_flipped_predictions_of_a_model_that_is_not_flip_equivariant():
+    import torch
+
+    from btseg.inference.batched import predict_masks, predict_probabilities
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)  # an asymmetric kernel: flips change its output
+    images = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    plain = predict_probabilities(model, images, torch.device("cpu"))
+    tta = predict_probabilities(model, images, torch.device("cpu"), tta=True)
+    expected = np.zeros_like(plain)
+    for flip in (lambda a: a, lambda a: a[..., ::-1], lambda a: a[..., ::-1, :], lambda a: a[..., ::-1, ::-1]):
+        expected += flip(predict_probabilities(model, np.ascontiguousarray(flip(images)), torch.device("cpu"))) / 4
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-3
+    masks = predict_masks(model, images, torch.device("cpu"), 0.5, tta=True)
+    np.testing.assert_array_equal(masks, (tta > 0.5).astype(np.uint8))
