@@ -198,6 +198,7 @@ class EvaluateParams(Section):
     threshold_from: Literal["validation", "fixed"]
     threshold_grid: Annotated[list[Fraction], Field(min_length=1)]
     size_buckets: Annotated[dict[str, Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
+    threshold_smoothing: bool  # choose on the sweep averaged with each threshold's neighbours
     tta: bool  # flips averaged at validation, evaluation and prediction
     postprocess: Literal["validation", "none"]
     min_component_voxels: Annotated[list[PositiveInt], Field(min_length=1)]

@@ -450,3 +450,13 @@ def test_choose_threshold_takes_the_best_case_dice_and_the_lowest_on_ties():
     # 0.2: case a Dice 4/5, case b 1 -> 0.9; 0.4 and 0.5: 1 and 1 -> 1.0 (tie, lowest wins); 0.7: a 0, b 1 -> 0.5
     np.testing.assert_allclose(sweep.case_dice, [0.9, 1.0, 1.0, 0.5])
     assert threshold == 0.4
+
+
+def test_smoothed_threshold_prefers_a_plateau_to_a_lone_peak_at_the_edge():
+    from btseg.evaluation.thresholds import pick_threshold
+
+    sweep = pd.DataFrame({"threshold": [0.1, 0.3, 0.5, 0.7, 0.9], "case_dice": [0.6, 0.8, 0.8, 0.7, 0.85]})
+    assert pick_threshold(sweep) == 0.9  # the lone best point, at the edge
+    assert pick_threshold(sweep, smooth=True) == 0.7  # 0.783: its neighbours hold it up
+    # neighbours averaged, an edge point with its only neighbour
+    np.testing.assert_allclose(sweep.smoothed, [0.7, 2.2 / 3, 2.3 / 3, 2.35 / 3, 0.775])

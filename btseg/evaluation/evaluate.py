@@ -93,7 +93,8 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None,
     connected-component rule that raises val Dice (or none). Also their sweeps (None when fixed)."""
     sweep, threshold = None, settings.threshold
     if settings.threshold_from == "validation":
-        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid)
+        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
+                                            settings.threshold_smoothing)
         log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
     rule, rules = "none", None
     if settings.postprocess == "validation":

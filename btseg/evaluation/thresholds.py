@@ -63,10 +63,28 @@ def precision_recall_curve(probabilities: np.ndarray, truth: np.ndarray, thresho
 
 
 def choose_threshold(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame,
-                     grid: list[float]) -> tuple[float, pd.DataFrame]:
-    """The grid threshold with the best mean per-case Dice (ties: the lowest), and the whole sweep.
+                     grid: list[float], smooth: bool = False) -> tuple[float, pd.DataFrame]:
+    """The grid threshold with the best mean per-case Dice (see `pick_threshold`), and the whole sweep.
 
     Train stores it in the model file and evaluate reports it: both call this on the val split.
     """
     sweep = threshold_sweep(probabilities, truth, index, list(grid))
-    return float(sweep.threshold[sweep.case_dice.idxmax()]), sweep
+    return pick_threshold(sweep, smooth), sweep
+
+
+def pick_threshold(sweep: pd.DataFrame, smooth: bool = False) -> float:
+    """The threshold of `sweep` (columns threshold, case_dice) with the best case Dice; ties: the lowest.
+
+    With `smooth` (evaluate.threshold_smoothing) each point is first averaged with its grid
+    neighbours (an edge point with its one neighbour; column `smoothed` added to `sweep`): on a small
+    val split a single threshold can win by one patient's luck, often at the grid's edge, and then
+    lose whole patients on the test split; the middle of a broad plateau does not.
+    """
+    score = sweep.case_dice
+    if smooth and len(sweep) > 1:
+        values = sweep.case_dice.to_numpy()
+        sums = np.convolve(values, np.ones(3), mode="same")
+        counts = np.convolve(np.ones(len(values)), np.ones(3), mode="same")
+        sweep["smoothed"] = sums / counts
+        score = sweep.smoothed
+    return float(sweep.threshold[score.idxmax()])
