@@ -210,6 +210,7 @@ class ReportParams(Section):
 
 
 class Params(Section):
+    recipe: str  # the recipe an experiment was started from (bts-recipe sets it); "" = none
     data: DataParams
     preprocess: PreprocessParams
     train: TrainParams
@@ -230,14 +231,18 @@ _Yaml12FloatLoader.add_implicit_resolver(
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise PipelineError with one line per problem."""
+    return parse_params(load_raw_params(path), source=str(path))
+
+
+def load_raw_params(path: str | Path = "params.yaml") -> Any:
+    """params.yaml as plain YAML data, not yet validated."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({one_line(error)})") from None
-    return parse_params(raw, source=str(path))
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

@@ -96,6 +96,20 @@ def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
     sh(project, "dvc", "checkout", "-q")
 
 
+def test_a_recipe_runs_as_one_experiment_that_exp_show_records(project):
+    (project / "recipes").mkdir(exist_ok=True)
+    (project / "recipes" / "tiny.yaml").write_text(yaml.safe_dump({"description": "two epochs, one dataset", "set": {
+        "train.epochs": 2, "data.datasets": ["tumor_coco"], "train.augment.hflip": 0.0}}))
+    sh(project, sys.executable, "-m", "btseg.recipes", "tiny", "-S", "train.batch_size=8")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["recipe"] == "tiny" and params["train"]["epochs"] == 2 and params["data"]["datasets"] == ["tumor_coco"]
+    assert params["train"]["batch_size"] == 8  # a further -S after the recipe's wins
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    assert '"recipe": "tiny"' in json.dumps(shown)
+    sh(project, "git", "checkout", "-q", "--", ".")
+    sh(project, "dvc", "checkout", "-q")
+
+
 def test_mistyped_set_param_is_refused(project):
     # DVC itself refuses a key that does not exist ...
     result = sh(project, "dvc", "exp", "run", "--set-param", "train.epochz=3", check=False)

@@ -1,0 +1,111 @@
+"""`bts-recipe`: named settings for real data, applied in one command as a DVC experiment.
+
+    bts-recipe --list
+    bts-recipe lgg_cpu                      # = dvc exp run -S recipe=lgg_cpu -S data.source=kaggle -S ...
+    bts-recipe lgg_gpu --queue -S train.epochs=60
+    bts-recipe coco_cpu --dry-run           # print the dvc command only
+
+A recipe is recipes/<name>.yaml in the repository: a `description` and the params it `set`s, by
+dotted key. Each setting becomes a `dvc exp run -S` override, so `dvc exp show` records every value
+that differs from params.yaml (and `recipe` names the recipe), `dvc repro` and further `-S` work
+as usual (given after the recipe's, they win), and params.yaml itself is left as it is. The
+recipe is checked against params validation before DVC starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from btseg.cli import run_stage
+from btseg.config import load_raw_params, parse_params
+from btseg.errors import PipelineError, one_line
+
+RECIPES = Path("recipes")  # beside params.yaml, in the repository root where DVC runs
+
+
+def available(folder: Path = RECIPES) -> dict[str, str]:
+    """Recipe name -> description."""
+    return {path.stem: read_recipe(path.stem, folder)["description"] for path in sorted(folder.glob("*.yaml"))}
+
+
+def read_recipe(name: str, folder: Path = RECIPES) -> dict:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise PipelineError(f"recipe {name!r}: no {path}; available: {names}")
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML ({one_line(error, 160)})") from None
+    if not isinstance(recipe, dict) or set(recipe) != {"description", "set"} or not isinstance(recipe["set"], dict):
+        raise PipelineError(f"{path}: expected the keys `description` and `set` (params by dotted key)")
+    return recipe
+
+
+def apply(raw: dict, settings: dict, source: str) -> dict:
+    """params (as read from params.yaml) with the dotted-key `settings` applied; unknown keys refused."""
+    result = copy.deepcopy(raw)
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = result
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise PipelineError(f"{source}: {key}: no such section in params.yaml")
+            node = node[part]
+        if leaf not in node:
+            raise PipelineError(f"{source}: {key}: no such key in params.yaml")
+        node[leaf] = value
+    return result
+
+
+def command(name: str, params: Path = Path("params.yaml"), folder: Path = RECIPES, extra: Sequence[str] = ()) -> list[str]:
+    """The `dvc exp run` command line of recipe `name`, after checking it against params validation."""
+    recipe = read_recipe(name, folder)
+    source = str(folder / f"{name}.yaml")
+    raw = load_raw_params(params)
+    parse_params(apply(raw, {"recipe": name, **recipe["set"]}, source), source=f"{params} with {source}")
+    overrides = [f"recipe={name}"] + [f"{key}={_value(value)}" for key, value in recipe["set"].items()]
+    return ["dvc", "exp", "run", *(part for o in overrides for part in ("-S", o)), *extra]
+
+
+def _value(value) -> str:
+    """A value as `-S key=value` reads it (YAML): lists in brackets, booleans as true/false."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bts-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="recipe name (recipes/<name>.yaml)")
+    parser.add_argument("--list", action="store_true", help="list the recipes")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
+    parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc exp run --queue)")
+    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further override after the recipe's (wins over it)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    if args.list or not args.name:
+        for name, description in available().items():
+            print(f"{name:<12} {description}")
+        return
+    extra = [part for o in args.set_param for part in ("-S", o)] + (["--queue"] if args.queue else [])
+    dvc = command(args.name, args.params, extra=extra)
+    print(" ".join(dvc), flush=True)
+    if not args.dry_run:
+        code = subprocess.run([sys.executable, "-m", *dvc]).returncode
+        if code:
+            raise PipelineError(f"dvc exp run of recipe {args.name} failed with exit code {code}; see above")
+
+
+def console() -> None:
+    run_stage(main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,51 @@
+"""Recipes: every shipped recipe validates against params.yaml; bad recipes fail in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from btseg.config import load_raw_params, parse_params
+from btseg.errors import PipelineError
+from btseg.recipes import apply, available, command
+from tests.conftest import REPO
+
+RECIPES = REPO / "recipes"
+
+
+def test_every_shipped_recipe_is_valid_and_covers_each_real_dataset_on_cpu_and_gpu():
+    names = available(RECIPES)
+    assert {f"{d}_{kind}" for d in ("lgg", "coco", "brats") for kind in ("cpu", "gpu")} <= set(names)
+    raw = load_raw_params(REPO / "params.yaml")
+    for name in names:
+        recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+        params = parse_params(apply(raw, {"recipe": name, **recipe["set"]}, name))
+        assert params.recipe == name and params.data.source == "kaggle"
+
+
+def test_command_turns_each_setting_into_a_set_param(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"description": "d", "set": {
+        "train.epochs": 3, "data.datasets": ["lgg"], "evaluate.tta": True, "train.learning_rate": 0.0005}}, sort_keys=False))
+    dvc = command("r", REPO / "params.yaml", tmp_path, extra=["--queue"])
+    assert dvc == ["dvc", "exp", "run", "-S", "recipe=r", "-S", "train.epochs=3", "-S", "data.datasets=[lgg]",
+                   "-S", "evaluate.tta=true", "-S", "train.learning_rate=0.0005", "--queue"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"train.epochz": 3}, "train.epochz: no such key in params.yaml"),
+    ({"trian.epochs": 3}, "trian.epochs: no such section in params.yaml"),
+    ({"train.epochs": 0}, "train.epochs: input should be greater than or equal to 1"),
+])
+def test_a_bad_recipe_names_its_file_and_key(tmp_path, settings, message):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"description": "d", "set": settings}))
+    with pytest.raises(PipelineError, match=message) as error:
+        command("bad", REPO / "params.yaml", tmp_path)
+    assert str(tmp_path / "bad.yaml") in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unknown_recipe_lists_the_available_ones(tmp_path: Path):
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({"description": "d", "set": {}}))
+    with pytest.raises(PipelineError, match=r"recipe 'two': no .*two.yaml; available: \['one'\]"):
+        command("two", REPO / "params.yaml", tmp_path)
