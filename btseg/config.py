@@ -113,6 +113,7 @@ class SplitParams(Section):
 class PreprocessParams(Section):
     size: Annotated[int, Field(ge=16, le=1024)]
     fit: Literal["resize", "letterbox"]
+    neighbours: Annotated[int, Field(ge=0, le=5)]  # 2.5D: slices on each side as extra input channels
     crop_to_brain: bool
     crop_margin: Annotated[int, Field(ge=0)]
     normalization: Literal["zscore", "percentile", "minmax"]
@@ -125,6 +126,7 @@ class PreprocessParams(Section):
     use_own_split: bool
     stratify: bool
     on_bad_file: Literal["error", "skip"]
+    suspect_cases: Literal["report", "skip"]  # identical channels, near-empty volumes, intensity outliers
     workers: Annotated[int, Field(ge=0)]
     seed: int
     split: SplitParams

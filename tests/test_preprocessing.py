@@ -306,3 +306,39 @@ def test_split_cases_stratified_spreads_tumor_free_patients():
     for split, expected in (("train", 6), ("val", 2), ("test", 2)):
         members = [c for c, s in assignment.items() if s == split]
         assert sum(strata[c] for c in members) == expected and sum(not strata[c] for c in members) == expected
+
+
+def test_neighbours_stack_the_slices_around_each_slice_as_channels():
+    from btseg.preprocessing.image import stack_neighbours
+
+    images = np.arange(4 * 2, dtype=np.float32).reshape(4, 2, 1, 1)  # slice s, channel c = 2s + c
+    stacked = stack_neighbours(images, 1)
+    assert stacked.shape == (4, 6, 1, 1)
+    # slice 0: offsets -1 (clamped to slice 0), 0, +1; each offset's two channels together
+    np.testing.assert_array_equal(stacked[0, :, 0, 0], [0, 1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(stacked[2, :, 0, 0], [2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(stacked[3, :, 0, 0], [4, 5, 6, 7, 6, 7])
+    assert stack_neighbours(images, 0) is images
+
+
+def test_neighbours_reach_the_slices_arrays_and_training(tmp_path, params_dict):
+    import subprocess
+
+    import yaml
+
+    from btseg.preprocessing.slices import load_split
+    from tests.conftest import stage_argv
+
+    params_dict["preprocess"]["neighbours"] = 1
+    params_dict["data"]["datasets"] = ["brats2020_nifti"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict, sort_keys=False))
+    for stage in ("stages.download", "stages.preprocess"):
+        result = subprocess.run(stage_argv(stage, "--dataset", "brats2020_nifti"), cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    test = load_split(tmp_path / "data/slices/brats2020_nifti", "test")
+    c = len(test.meta["channels"])
+    assert test.images.shape[1] == 3 * c and test.meta["geometry"]["neighbours"] == 1
+    # within a case, the middle block of slice s+1 is the last block of slice s (its next neighbour)
+    rows = test.index[test.index.case_id == test.index.case_id[0]].sort_values("slice_index").row.to_numpy()
+    np.testing.assert_array_equal(test.images[rows[1], c:2 * c], test.images[rows[0], 2 * c:])

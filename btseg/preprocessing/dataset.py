@@ -27,6 +27,7 @@ from btseg.data.base import CaseRef
 from btseg.data.registry import reader
 from btseg.errors import PipelineError
 from btseg.preprocessing.image import Settings, build_target, fit_to_size, prepare_image, select_slices, split_cases
+from btseg.preprocessing.quality import suspect_reasons
 from btseg.preprocessing.slices import SPLITS, SliceWriter
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Prepared:
     source_files: tuple[str, ...] = ()
     slices_read: int = 0
     skipped: str | None = None
+    suspect: tuple[str, ...] = ()  # btseg.preprocessing.quality reasons
 
 
 def prepare_case(job: Job) -> Prepared:
@@ -73,8 +75,11 @@ def prepare_case(job: Job) -> Prepared:
             return Prepared(job.case, skipped=str(error))
         raise
     settings = Settings(p.size, p.normalization, tuple(p.percentiles), p.brain_threshold, p.crop_to_brain,
-                        p.crop_margin, p.fit)
+                        p.crop_margin, p.fit, p.neighbours)
     images, brain, placement = prepare_image(case.image, settings)  # the same code path as prediction
+    suspect = tuple(suspect_reasons(case.image, brain, list(case.channel_names)))
+    if suspect and p.suspect_cases == "skip":
+        return Prepared(job.case, skipped=f"{job.case.case_id}: suspect ({'; '.join(suspect)})", suspect=suspect)
     target = build_target(case.regions, case.region_names, job.targets)
     rng = np.random.default_rng([p.seed, zlib.crc32(job.case.case_id.encode())])
     keep = select_slices(target.reshape(len(target), -1).any(axis=1), brain.reshape(len(brain), -1).sum(axis=1),
@@ -85,7 +90,7 @@ def prepare_case(job: Job) -> Prepared:
     s, k, h, w = target.shape
     masks = fit_to_size(target.reshape(s * k, h, w), p.size, p.fit, is_mask=True).reshape(s, k, p.size, p.size)
     return Prepared(job.case, images.astype(np.float16), masks, case.slice_index, selected,
-                    tuple(case.source_files), slices_read=len(case.image))
+                    tuple(case.source_files), slices_read=len(case.image), suspect=suspect)
 
 
 def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> dict[str, int]:
@@ -99,17 +104,23 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     workers = p.workers or os.cpu_count() or 1
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
 
-    staging = SliceWriter(out / "_all", len(channels), len(outputs), p.size)
+    stored = len(channels) * (2 * p.neighbours + 1)  # 2.5D: each sequence with its neighbours
+    staging = SliceWriter(out / "_all", stored, len(outputs), p.size)
     kept: list[Prepared] = []  # arrays dropped once written: only the bookkeeping stays in memory
     rows: dict[int, tuple[int, int]] = {}
     skipped: list[dict[str, str]] = []
+    suspects: list[dict] = []
     slices_read = 0
     with _executor(workers) as executor:
         results = executor.map(prepare_case, jobs) if executor else map(prepare_case, jobs)
         for prepared in tqdm(results, total=len(jobs), desc=f"preprocess {dataset}", unit="case"):
+            if prepared.suspect:
+                log.warning("%s: suspect input: %s", prepared.case.case_id, "; ".join(prepared.suspect))
+                suspects.append({"case_id": prepared.case.case_id, "reasons": list(prepared.suspect)})
             if prepared.skipped:
-                log.warning("skipped (preprocess.on_bad_file=skip): %s", prepared.skipped)
-                skipped.append({"case_id": prepared.case.case_id, "reason": prepared.skipped})
+                if not prepared.suspect:
+                    log.warning("skipped (preprocess.on_bad_file=skip): %s", prepared.skipped)
+                    skipped.append({"case_id": prepared.case.case_id, "reason": prepared.skipped})
                 continue
             slices_read += prepared.slices_read
             if not len(prepared.images):
@@ -134,7 +145,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     all_masks = np.load(out / "_all" / "masks.npy", mmap_mode="r")
     counts, train_kept = {}, 0
     for split in SPLITS:
-        writer = SliceWriter(out / split, len(channels), len(outputs), p.size)
+        writer = SliceWriter(out / split, stored, len(outputs), p.size)
         for i, prepared in enumerate(kept):
             if assignment[i] != split:
                 continue
@@ -154,6 +165,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
             "normalization": {"method": p.normalization, "over": "brain voxels of the whole case, per channel",
                               **({"percentiles": p.percentiles} if p.normalization == "percentile" else {})},
             "geometry": {"crop_to_brain": p.crop_to_brain, "crop_margin": p.crop_margin, "fit": p.fit,
+                         "neighbours": p.neighbours,
                          "brain_threshold": p.brain_threshold},
             "source_channels": source_channels,
             "targets": outputs,
@@ -163,6 +175,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
             "leakage_check": {"unit": "case_id (patient; for Roboflow exports the source image behind *.rf.<hash>)",
                               "cases_in_two_splits": [], "passed": True},
             "bad_files": {"policy": p.on_bad_file, "skipped": len(skipped), "files": skipped},
+            "suspect_cases": {"policy": p.suspect_cases, "count": len(suspects), "cases": suspects},
             "arrays": {"images": "float16 (N, C, H, W)", "masks": "uint8 (N, K, H, W), K = len(targets), 1 = inside"},
         })
         counts[split] = meta["counts"]["slices"]

@@ -164,13 +164,15 @@ class Settings:
     crop_to_brain: bool
     crop_margin: int
     fit: str
+    neighbours: int = 0  # 2.5D: slices on each side stacked as extra channels
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Settings":
         """From a slices meta.json (or the `data_meta` a model file carries)."""
         norm, geometry = meta["normalization"], meta["geometry"]
         return cls(meta["size"], norm["method"], tuple(norm.get("percentiles", (0.0, 100.0))),
-                   geometry["brain_threshold"], geometry["crop_to_brain"], geometry["crop_margin"], geometry["fit"])
+                   geometry["brain_threshold"], geometry["crop_to_brain"], geometry["crop_margin"], geometry["fit"],
+                   geometry.get("neighbours", 0))
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,9 @@ class Placement:
 
 
 def prepare_image(image: np.ndarray, settings: Settings) -> tuple[np.ndarray, np.ndarray, Placement]:
-    """A case's raw image (S, C, H, W) -> model input float32 (S, C, size, size), its brain mask
-    (S, H, W) and the placement to map outputs back (see `place_back`)."""
+    """A case's raw image (S, C, H, W), slices in order -> model input float32 (S, C', size, size)
+    with C' = C * (2 * settings.neighbours + 1) (see `stack_neighbours`), its brain mask (S, H, W) and
+    the placement to map outputs back (see `place_back`)."""
     brain = brain_mask(image, settings.brain_threshold)
     normalized = normalize(image, brain, settings.normalization, settings.percentiles)  # over the whole case's brain
     s, c, h, w = image.shape
@@ -193,7 +196,19 @@ def prepare_image(image: np.ndarray, settings: Settings) -> tuple[np.ndarray, np
     cropped = normalized[:, :, rows, cols]
     ch, cw = cropped.shape[2:]
     fitted = fit_to_size(cropped.reshape(s * c, ch, cw), settings.size, settings.fit, is_mask=False)
-    return fitted.reshape(s, c, settings.size, settings.size), brain, Placement(h, w, rows, cols)
+    inputs = stack_neighbours(fitted.reshape(s, c, settings.size, settings.size), settings.neighbours)
+    return inputs, brain, Placement(h, w, rows, cols)
+
+
+def stack_neighbours(images: np.ndarray, k: int) -> np.ndarray:
+    """2.5D input: each slice of a case (S, C, H, W) with the k slices before and after it as extra
+    channels, (S, C * (2k + 1), H, W), ordered by offset -k..k, each offset's C channels together.
+    At the volume's ends the nearest slice stands in for the missing ones. k = 0: unchanged."""
+    if k == 0:
+        return images
+    s = len(images)
+    offsets = [np.clip(np.arange(s) + d, 0, s - 1) for d in range(-k, k + 1)]
+    return np.concatenate([images[rows] for rows in offsets], axis=1)
 
 
 def place_back(probabilities: np.ndarray, placement: Placement, settings: Settings) -> np.ndarray:

@@ -126,7 +126,8 @@ def build_model(name: str, train_split: SliceSet, config: TrainParams, dist: Dis
                 device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The seeded model (the same params give the same initial weights) and its constructor arguments;
     under torchrun, placed on its device and wrapped in DistributedDataParallel."""
-    model_args = {"in_channels": len(train_split.meta["channels"]), "out_channels": len(train_split.meta["targets"]),
+    # input channels as stored: the sequences, times 2 * preprocess.neighbours + 1 for 2.5D input
+    model_args = {"in_channels": train_split.images.shape[1], "out_channels": len(train_split.meta["targets"]),
                   "base_channels": config.base_channels, "depth": config.depth, "norm": config.norm,
                   "dropout": config.dropout, "deep_supervision": config.deep_supervision}
     torch.manual_seed(config.seed)
