@@ -206,6 +206,14 @@ class EvaluateParams(Section):
     min_component_voxels: Annotated[list[PositiveInt], Field(min_length=1)]
 
 
+class CvParams(Section):
+    """Patient-level k-fold cross-validation over the train and val patients; the test split stays fixed."""
+
+    datasets: list[DatasetName]  # datasets cross-validated with every train.models; [] = none
+    folds: Annotated[int, Field(ge=2, le=20)]
+    runs: list[Annotated[int, Field(ge=0)]]  # the folds trained (dvc.yaml's matrix)
+
+
 class ReportParams(Section):
     worst_k: Annotated[int, Field(ge=1, le=24)]
     display_channel: str
@@ -217,6 +225,7 @@ class Params(Section):
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
+    cv: CvParams
     report: ReportParams
 
 
@@ -319,6 +328,14 @@ def _check_consistency(params: Params, source: str) -> None:
     grid = params.evaluate.threshold_grid
     if any(b <= a for a, b in zip(grid, grid[1:])):
         raise PipelineError(f"{source}: evaluate.threshold_grid: thresholds must increase, got {grid}")
+    cv = params.cv
+    if any(run >= cv.folds for run in cv.runs) or len(set(cv.runs)) != len(cv.runs):
+        raise PipelineError(f"{source}: cv.runs: expected distinct folds in 0..{cv.folds - 1}, got {cv.runs}")
+    if cv.datasets and not cv.runs:
+        raise PipelineError(f"{source}: cv.runs: name the folds to train for cv.datasets {cv.datasets}")
+    outside = [d for d in cv.datasets if d not in params.data.datasets]
+    if outside:
+        raise PipelineError(f"{source}: cv.datasets: {outside} not in data.datasets {params.data.datasets}")
     bounds = params.evaluate.size_buckets
     if len(set(bounds.values())) != len(bounds) or max(bounds.values()) != 1.0 or "none" in bounds:
         raise PipelineError(f"{source}: evaluate.size_buckets: expected distinct bounds, the largest 1.0, "

@@ -24,9 +24,10 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--slices", type=Path, required=True, help="the dataset's preprocessed slices (train, val)")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.pt and checkpoint.pt")
     parser.add_argument("--live", type=Path, required=True, help="folder of the dvclive training log")
+    parser.add_argument("--fold", type=int, help="cross-validation fold of the train and val patients (cv_train)")
     args = parser.parse_args(argv)
     train_model(args.dataset, args.model, args.slices, args.out, args.live, load_params(args.params),
-                relaunch=[__file__, *argv])
+                relaunch=[__file__, *argv], fold=args.fold)
 
 
 if __name__ == "__main__":

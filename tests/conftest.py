@@ -21,7 +21,7 @@ def stage_argv(*args: str) -> list[str]:
     """`stages.<name> --dataset D [--model M] [more options]` as the command line dvc.yaml runs for
     that stage and matrix item (its paths included), with the further options appended."""
     options, items = list(args[1:]), {}
-    for key in ("dataset", "model"):
+    for key in ("dataset", "model", "fold"):
         if f"--{key}" in options:
             at = options.index(f"--{key}")
             items[key] = options[at + 1]

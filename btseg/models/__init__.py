@@ -34,15 +34,35 @@ def create_model(name: str, *, in_channels: int, out_channels: int = 1, base_cha
     return model_class(**kwargs)
 
 
+class Ensemble(nn.Module):
+    """Several models of one architecture (cross-validation folds) as one: the mean of their
+    probabilities, returned as logits so that callers apply the sigmoid as for a single model."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([torch.sigmoid(member(x).float()) for member in self.members]).mean(dim=0)
+        return torch.logit(probabilities, eps=1e-6)
+
+
 def load_model_file(path) -> tuple[nn.Module, dict]:
-    """Model (eval mode, on CPU) and the contents of a model file (model.pt) written by the train stage."""
+    """Model (eval mode, on CPU) and the contents of a model file: model.pt written by the train stage,
+    or the ensemble of cross-validation folds written by the cv_summary stage."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(checkpoint, dict):
             raise TypeError(f"holds a {type(checkpoint).__name__}, expected a dict")
-        # the weights come from the checkpoint itself: no pretrained file is needed to rebuild it
-        model = create_model(checkpoint["model"], **{**checkpoint["model_args"], "encoder_weights": None})
-        model.load_state_dict(checkpoint["state_dict"])
+        # the weights come from the checkpoint itself: no pretrained file is needed to rebuild it;
+        # an ensemble file (cross-validation) holds one state dict per fold under "members"
+        states = checkpoint["members"] if "members" in checkpoint else [checkpoint["state_dict"]]
+        networks = []
+        for state in states:
+            network = create_model(checkpoint["model"], **{**checkpoint["model_args"], "encoder_weights": None})
+            network.load_state_dict(state)
+            networks.append(network)
+        model = Ensemble(networks) if "members" in checkpoint else networks[0]
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run the train stage first") from None
     except Exception as error:  # torch.load raises many types (EOF, unpickling, zip) for a damaged file

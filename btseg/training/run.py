@@ -30,6 +30,7 @@ from btseg.fileio import atomic_file
 from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
 from btseg.models import MODEL_FORMAT, create_model
 from btseg.preprocessing.slices import SliceSet, load_split
+from btseg.training.folds import fold_sets
 from btseg.training.loop import SINGLE, Distributed, Diverged, fingerprint, fit, matching_checkpoint, unwrap
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,12 @@ REPO = Path(btseg.__file__).resolve().parent.parent
 
 
 def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir: Path, params: Params,
-                relaunch: Sequence[str]) -> None:
+                relaunch: Sequence[str], fold: int | None = None) -> None:
     """Train `model_name` on `slices`; write out/model.pt (best validation epoch) and out/checkpoint.pt.
 
     `relaunch` is the command line that starts this same run again (for torchrun with train.nproc > 1).
+    With `fold`, train and validate on that cross-validation fold of the train and val patients
+    (btseg.training.folds; params cv.folds, seeded by preprocess.seed).
     """
     config = params.train
     if config.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -50,6 +53,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
         return
     dist = init_distributed(config)
     train_split, val_split = load_split(slices, "train"), load_split(slices, "val")
+    if fold is not None:
+        train_split, val_split = fold_sets(train_split, val_split, params.cv.folds, fold, params.preprocess.seed)
     if config.batch_size > len(train_split.images):
         raise PipelineError(f"params.yaml: train.batch_size: {config.batch_size} is larger than the "
                             f"{len(train_split.images)} training slices of {dataset}; lower it")
@@ -57,7 +62,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     model, model_args = build_model(model_name, train_split, config, dist, device)
     threshold = params.evaluate.threshold  # validation Dice during training is measured at this threshold
     identity = {"model": model_name, "data": data_meta(train_split), "train_slices": len(train_split.images),
-                "threshold": threshold, "tta": params.evaluate.tta, "data_files": file_stamps(slices), "code": code_hash()}
+                "threshold": threshold, "tta": params.evaluate.tta, "data_files": file_stamps(slices), "code": code_hash(),
+                **({} if fold is None else {"fold": [fold, params.cv.folds, params.preprocess.seed]})}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
     live = open_live(live_dir, checkpoint, fingerprint(config, identity)) if dist.writer else None
