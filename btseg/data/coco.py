@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 
 from btseg.data.base import Case, CaseRef
+from btseg.data.images import decode
 from btseg.errors import PipelineError
 
 ANNOTATIONS = "_annotations.coco.json"
@@ -97,9 +98,7 @@ def read_image(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:
     """(grey image float32 (1, H, W), whole-tumor mask uint8 (1, H, W)) of one COCO image."""
     if not image.path.is_file():
         raise PipelineError(f"{image.path}: listed in {ANNOTATIONS} but missing; re-run the download stage")
-    grey = cv2.imread(str(image.path), cv2.IMREAD_GRAYSCALE)
-    if grey is None:
-        raise PipelineError(f"{image.path}: unreadable image; the file is truncated or corrupt, re-run the download stage")
+    grey = decode(image.path, cv2.IMREAD_GRAYSCALE, "image", "re-run the download stage")
     if grey.shape != (image.height, image.width):
         raise PipelineError(f"{image.path}: image is {grey.shape[1]}x{grey.shape[0]}, {ANNOTATIONS} says {image.width}x{image.height}")
     return grey[None].astype(np.float32), rasterize(image.polygons, image.height, image.width)[None]

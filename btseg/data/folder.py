@@ -29,12 +29,12 @@ import numpy as np
 
 from btseg.data import phantom
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.images import decode
 from btseg.errors import PipelineError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND chunk type + its fixed CRC
-JPEG_START, JPEG_SCAN, JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
 
+COPY_HINT = "copy it again or remove it"
 SAMPLE_DEPTH = 100  # slices of the phantom volume the sample's slices are taken from
 SAMPLE_SCALE = 200  # phantom signal (about 0..1.2) -> 8-bit grey, as the COCO sample does
 
@@ -243,7 +243,7 @@ def _labels(options) -> dict[str, int]:
 def _read_image(path: Path, colour: bool) -> np.ndarray:
     """(C, H, W) with C = 3 in RGB order, or C = 1; the stored dtype (8/16-bit, float TIFF)."""
     flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
-    image = _decode(path, flags, "image")
+    image = decode(path, flags, "image", COPY_HINT)
     if colour:
         image = image[..., ::-1].transpose(2, 0, 1)  # OpenCV decodes to BGR
     else:
@@ -255,7 +255,7 @@ def _read_image(path: Path, colour: bool) -> np.ndarray:
 
 def _read_mask(path: Path) -> np.ndarray:
     """(H, W) mask with its stored values; a 3-channel mask is accepted when its channels agree."""
-    mask = _decode(path, cv2.IMREAD_UNCHANGED, "mask")
+    mask = decode(path, cv2.IMREAD_UNCHANGED, "mask", COPY_HINT)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
     elif mask.ndim == 3 and mask.shape[2] == 3 and (mask == mask[..., :1]).all():
@@ -264,32 +264,6 @@ def _read_mask(path: Path) -> np.ndarray:
         raise PipelineError(f"{path}: mask has {mask.shape[2]} channels that differ; store one channel of "
                             f"region values (data.folder.labels)")
     return mask
-
-
-def _decode(path: Path, flags: int, what: str) -> np.ndarray:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise PipelineError(f"{path}: cannot read the {what} ({error.strerror}); check the file") from None
-    if not data:
-        raise PipelineError(f"{path}: empty {what} file (0 bytes); copy it again or remove it")
-    if _truncated(data):
-        raise PipelineError(f"{path}: {what} file ends before its end marker; it is truncated, copy it again")
-    # decoding the bytes already read, rather than cv2.imread, also copes with non-ASCII paths on Windows
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if array is None or array.size == 0:
-        raise PipelineError(f"{path}: unreadable {what}; the file is corrupt or not a PNG/JPEG/TIFF, copy it again")
-    return array
-
-
-def _truncated(data: bytes) -> bool:
-    """Whether a PNG or JPEG stops before its end marker (older OpenCV decodes such JPEGs half grey)."""
-    if data.startswith(PNG_SIGNATURE):
-        return data.rfind(PNG_END) == -1
-    if data.startswith(JPEG_START):
-        # markers cannot occur inside JPEG entropy-coded data, so the last scan must be followed by EOI
-        return data.rfind(JPEG_END) < data.rfind(JPEG_SCAN)
-    return False
 
 
 def _hw(shape: tuple[int, ...]) -> str:

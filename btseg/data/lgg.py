@@ -27,7 +27,8 @@ import numpy as np
 
 from btseg.data import phantom
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
-from btseg.errors import PipelineError, one_line
+from btseg.data.images import decode
+from btseg.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +221,7 @@ def _case_ref(root: Path, case_dir: Path) -> CaseRef:
 
 
 def _read_tif(path: Path) -> np.ndarray:
-    try:
-        if path.stat().st_size == 0:
-            raise PipelineError(f"{path}: empty file; {DOWNLOAD_HINT}")
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as error:
-        raise PipelineError(f"{path}: unreadable ({one_line(error)}); {DOWNLOAD_HINT}") from None
-    if array is None or array.size == 0:
-        raise PipelineError(f"{path}: unreadable TIFF; the file is truncated or corrupt, {DOWNLOAD_HINT}")
-    return array
+    return decode(path, cv2.IMREAD_UNCHANGED, "TIFF", DOWNLOAD_HINT)
 
 
 def _case_names(rng: np.random.Generator, count: int) -> list[str]:

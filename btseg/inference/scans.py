@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from btseg.data.brats_nifti import read_nifti
+from btseg.data.images import decode
 from btseg.data.registry import IMAGE_FILE_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import overlay
@@ -162,9 +163,7 @@ def _read_image(path: Path, model: Model) -> Scan:
         raise PipelineError(f"{path}: a 2D image, but the model expects {len(model.channels)} MRI sequences "
                             f"{model.channels}; give it a case folder or .h5 slices")
     flag = cv2.IMREAD_GRAYSCALE if len(model.channels) == 1 else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag)
-    if image is None:
-        raise PipelineError(f"{path}: unreadable image (truncated, corrupt or not an image)")
+    image = decode(path, flag, "image", "check the file")
     image = image[None] if image.ndim == 2 else image[..., ::-1].transpose(2, 0, 1)  # BGR -> file's RGB order
     return Scan(path.stem, "image", image[None].astype(np.float32), [path])
 

@@ -221,10 +221,10 @@ def _grey_image(path: Path) -> None:
 
 
 @pytest.mark.parametrize("which, damage, message", [
-    ("image", _truncate, "unreadable TIFF"),
-    ("mask", _truncate, "unreadable TIFF"),
-    ("image", lambda p: p.write_bytes(b""), "empty file"),
-    ("mask", lambda p: p.write_bytes(b""), "empty file"),
+    ("image", _truncate, "TIFF file ends before its last byte of image data; it is truncated"),
+    ("mask", _truncate, "TIFF file ends before its last byte of image data; it is truncated"),
+    ("image", lambda p: p.write_bytes(b""), "empty TIFF file"),
+    ("mask", lambda p: p.write_bytes(b""), "empty TIFF file"),
     ("image", lambda p: p.write_bytes(b"not a tiff at all"), "unreadable TIFF"),
     ("mask", _wrong_size, r"\(48, 48, 3\) and its mask .*_mask\.tif is \(20, 30\)"),
     ("image", _grey_image, r"image is \(48, 48\) and its mask .*_mask\.tif"),

@@ -98,6 +98,18 @@ def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realda
         assert summary["tumor_pixels"]["whole_tumor"] == int((mask > 0).sum())
 
 
+def test_a_jpeg_cut_in_half_is_one_error_and_the_other_images_are_predicted(project, tmp_path, realdata_coco):
+    images = sorted((realdata_coco / "test").glob("*.jpg"))[:2]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(images[0].read_bytes()[: images[0].stat().st_size // 2])
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(cut), str(images[1]),
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {cut}: image file ends before its last byte of image data; it is truncated, check the file"]
+    assert (tmp_path / "out" / f"{images[1].stem}_mask.png").is_file() and not (tmp_path / "out" / "cut_mask.png").exists()
+
+
 def test_bad_inputs_are_reported_in_one_line_each_and_the_rest_still_run(project, tmp_path):
     case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_002"))[0]
     broken = tmp_path / "broken_case"
