@@ -21,7 +21,7 @@ def _case_slices(per_case: pd.DataFrame, per_slice: pd.DataFrame, order: list[st
         case = per_case.loc[per_case.case_id == case_id].iloc[0]
         candidates = per_slice[per_slice.case_id == case_id]
         row = candidates.sort_values(slice_key, ascending=False, kind="stable").iloc[[0]].copy()
-        row["title"] = (f"case {case_id}: Dice {case.dice:.2f}, tumor {case.tp + case.fn} px\n"
+        row["title"] = (f"case {case_id}\ncase Dice {case.dice:.2f}, tumor {case.tp + case.fn} px\n"
                         + _slice_title(row.iloc[0]))
         rows.append(row)
     return pd.concat(rows) if rows else per_slice.iloc[:0].assign(title=[])
@@ -35,9 +35,10 @@ def worst_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int) -> pd.D
     return _case_slices(per_case, per_slice.assign(errors=per_slice.fp + per_slice.fn), order, ["errors", "truth_pixels"])
 
 
-def best_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k cases with tumor and the highest per-case Dice, each shown by its slice with the most tumor."""
-    scored = per_case[(per_case.tp + per_case.fn) > 0].assign(tumor=lambda t: t.tp + t.fn)
+def best_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int, exclude: set[str] = frozenset()) -> pd.DataFrame:
+    """The k cases with tumor and the highest per-case Dice, each shown by its slice with the most tumor;
+    cases in `exclude` (those already shown as the worst) are left out, so no case appears twice."""
+    scored = per_case[((per_case.tp + per_case.fn) > 0) & ~per_case.case_id.isin(exclude)].assign(tumor=lambda t: t.tp + t.fn)
     order = scored.sort_values(["dice", "tumor"], ascending=[False, False], kind="stable").case_id.head(k).tolist()
     return _case_slices(per_case, per_slice, order, ["truth_pixels"])
 

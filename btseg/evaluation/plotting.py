@@ -7,6 +7,8 @@ even where the tint is faint.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -17,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 # RGB colours of the overlay classes, in the order overlay() paints them
 COLOURS = {"TP: tumor found": (1.0, 0.9, 0.0), "FN: tumor missed": (0.1, 0.85, 0.2),
@@ -46,6 +49,28 @@ def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.
     return rgb
 
 
+PANEL_INCHES = 2.9  # width of one gallery column
+TITLE_POINTS = 8
+SMALL_PIXELS = 20  # error regions up to this size (or 0.2% of the slice) get a ring
+
+
+def fit_title(title: str, inches: float = PANEL_INCHES, points: int = TITLE_POINTS) -> str:
+    """`title` with each line wrapped to the characters that fit a panel `inches` wide at `points`
+    (a character is about 0.6 em), breaking long ids such as TCGA_CS_4942_19970222 only if they must."""
+    width = max(12, int(inches * 72 / (points * 0.6)))
+    return "\n".join(textwrap.fill(line, width, break_long_words=True) or line for line in title.split("\n"))
+
+
+def small_regions(mask: np.ndarray, max_pixels: int) -> list[tuple[float, float]]:
+    """Centres (row, column) of the connected regions of `mask` (8-connected) with at most `max_pixels` pixels."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if not count:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    small = [i + 1 for i in np.flatnonzero(sizes <= max_pixels)]
+    return [tuple(float(v) for v in c) for c in ndimage.center_of_mass(mask, labels, small)] if small else []
+
+
 def _legend(figure) -> None:
     handles = [Patch(color=colour, label=label) for label, colour in COLOURS.items()]
     handles.append(Line2D([], [], color=OUTLINE, linewidth=1.5, label="ground-truth outline"))
@@ -65,15 +90,22 @@ def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarr
         figure.suptitle(suptitle, fontsize=11)
         return figure
     count = len(images)
-    figure, axes = plt.subplots(2, count, figsize=(max(2.9 * count, 10.0), 7.2), squeeze=False)
+    figure, axes = plt.subplots(2, count, figsize=(max(PANEL_INCHES * count, 10.0), 7.4), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for column in range(len(images)):
+        truth, prediction = truths[column].astype(bool), predictions[column].astype(bool)
         axes[0, column].imshow(to_grey(images[column]), cmap="gray", interpolation="nearest")
-        axes[0, column].set_title(titles[column], fontsize=8)
-        axes[1, column].imshow(overlay(images[column], truths[column], predictions[column]), interpolation="nearest")
-        if truths[column].any():
-            axes[1, column].contour(truths[column].astype(float), levels=[0.5], colors=[OUTLINE], linewidths=1.0)
+        axes[0, column].set_title(fit_title(titles[column]), fontsize=TITLE_POINTS)
+        axes[1, column].imshow(overlay(images[column], truth, prediction), interpolation="nearest")
+        if truth.any():
+            axes[1, column].contour(truth.astype(float), levels=[0.5], colors=[OUTLINE], linewidths=1.0)
+        # a miss or false alarm of a few pixels vanishes under the outline: ring it
+        for region, colour in ((truth & ~prediction, COLOURS["FN: tumor missed"]), (prediction & ~truth, COLOURS["FP: false alarm"])):
+            centres = small_regions(region, max(SMALL_PIXELS, region.size // 500))
+            if centres:
+                ys, xs = zip(*centres)
+                axes[1, column].scatter(xs, ys, s=160, facecolors="none", edgecolors=[colour], linewidths=1.6)
     _legend(figure)
     figure.suptitle(suptitle, fontsize=11)
     figure.tight_layout(rect=(0, 0.05, 1, 0.96))

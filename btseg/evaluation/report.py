@@ -61,11 +61,13 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
     k = params.report.worst_k
     where = f"{dataset} / {model}, test split, {target} ({channels[channel]}), threshold {threshold:.2f}"
 
+    worst = failures.worst_cases(per_case, per_slice, k)
     galleries = {
-        "worst_cases": (failures.worst_cases(per_case, per_slice, k), "worst cases by per-case Dice", "no case with tumor or prediction"),
+        "worst_cases": (worst, "worst cases by per-case Dice", "no case with tumor or prediction"),
         "missed_tumors": (failures.missed_tumors(per_slice, k), "missed tumors (tumor present, nothing predicted)", "no missed tumor"),
         "false_alarms": (failures.false_alarms(per_slice, k), "false alarms (no tumor, something predicted)", "no false alarm"),
-        "best_cases": (failures.best_cases(per_case, per_slice, k), "best cases by per-case Dice", "no case with tumor"),
+        "best_cases": (failures.best_cases(per_case, per_slice, k, exclude=set(worst.case_id)),
+                       "best cases by per-case Dice (other than the worst)", "no case with tumor beyond the worst"),
     }
     for name, (chosen, what, empty) in galleries.items():
         rows = chosen.index.to_numpy()
