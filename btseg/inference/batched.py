@@ -15,7 +15,7 @@ from torch import nn
 def pick_device(requested: str) -> torch.device:
     """`auto` -> CUDA when available, else CPU; `cuda` without a GPU is an error."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is visible; set train.device=auto or cpu")
+        raise RuntimeError("'cuda' asks for a GPU but no CUDA GPU is visible; use auto or cpu")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(requested)

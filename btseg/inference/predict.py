@@ -17,7 +17,7 @@ from pathlib import Path
 from btseg.cli import run_stage
 from btseg.errors import PipelineError
 from btseg.inference.batched import pick_device
-from btseg.inference.scans import find_scans, load_model, predict_scan, read_scan, write_outputs
+from btseg.inference.scans import SAMPLE_WARNING, find_scans, load_model, output_folders, predict_scan, read_scan, write_outputs
 
 log = logging.getLogger("btseg.inference.predict")
 
@@ -33,12 +33,17 @@ def main(argv: Sequence[str]) -> None:
         device = pick_device(args.device)
     except RuntimeError as error:
         raise PipelineError(f"--device: {error}") from None
+    if args.out.exists() and not args.out.is_dir():
+        raise PipelineError(f"--out {args.out}: is a file; give a folder (it is created if missing)")
     model = load_model(args.model)
+    if model.trained_on_sample:
+        log.warning("%s: %s", args.model, SAMPLE_WARNING)
     groups, problems = find_scans(args.inputs, model)
     done = 0
-    for group in groups:
+    for group, folder in zip(groups, output_folders(groups)):
         try:
             scan = read_scan(group, model)
+            scan.folder = folder
             summary = write_outputs(scan, predict_scan(scan, model, device), model, args.out)
         except PipelineError as error:
             problems.append(str(error))

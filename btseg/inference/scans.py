@@ -9,6 +9,7 @@ or PNG/JPG/TIF images. Outputs go back to the input's geometry.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,10 @@ class Model:
     tta: bool = False  # average over flips, as validation did
 
     @property
+    def trained_on_sample(self) -> bool:
+        return str(self.checkpoint["data_meta"]["source_version"]).startswith("sample(")
+
+    @property
     def summary(self) -> dict:
         c = self.checkpoint
         return {"file": c.get("path"), "architecture": c["model"], "dataset": c["data_meta"]["dataset"],
@@ -77,6 +82,8 @@ class Scan:
     sources: list[Path]
     reference: nib.Nifti1Image | None = None  # NIfTI: affine and header of the output
     voxel_ml: float | None = None
+    slice_numbers: list[int] | None = None  # the slices' numbers in their source (h5: from the file names)
+    folder: Path = Path()  # where under --out its outputs go (inputs of the same name get their own folders)
 
 
 def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path]], list[str]]:
@@ -108,9 +115,37 @@ def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path]]
     return groups, problems
 
 
+def _output_name(group: Path | list[Path]) -> str:
+    """The name an input group's outputs start with (as its Scan will be named)."""
+    if isinstance(group, list):
+        first = group[0]
+        if first.name.endswith((".nii", ".nii.gz")):
+            return first.parent.name
+        match = H5_NAME.fullmatch(first.name)
+        return f"volume_{match[1]}" if match else first.stem
+    return group.name if group.is_dir() else group.stem
+
+
+def output_folders(groups: list[Path | list[Path]]) -> list[Path]:
+    """Where under --out each input group's outputs go: directly there, unless another input would
+    write the same names (a/scan.jpg and b/scan.jpg); those mirror their folders below the inputs'
+    common folder, so nothing is overwritten."""
+    names = [_output_name(g) for g in groups]
+    places = [(g[0] if isinstance(g, list) else g).resolve().parent for g in groups]
+    clashing = [i for i, n in enumerate(names) if names.count(n) > 1]
+    if not clashing:
+        return [Path()] * len(groups)
+    common = Path(os.path.commonpath([places[i] for i in clashing]))
+    return [places[i].relative_to(common) if i in clashing else Path() for i in range(len(groups))]
+
+
 def read_scan(group: Path | list[Path], model: Model) -> Scan:
     """Load one input group as (S, C, H, W) in the model's channel order; errors name the input."""
     if isinstance(group, Path) and group.is_dir() or isinstance(group, list) and group[0].name.endswith((".nii", ".nii.gz")):
+        if model.checkpoint["data_meta"]["dataset"] in IMAGE_FILE_DATASETS:
+            where = group if isinstance(group, Path) else group[0]
+            raise PipelineError(f"{where}: NIfTI volumes, but the model was trained on 2D images "
+                                f"({model.checkpoint['data_meta']['dataset']}); give it PNG/JPG/TIF images")
         return _read_nifti(sorted(group.glob("*.nii*")) if isinstance(group, Path) else group, model)
     if isinstance(group, list):
         return _read_h5(group, model)
@@ -155,7 +190,8 @@ def _read_h5(files: list[Path], model: Model) -> Scan:
                                 f"with channels {model.source_channels}")
         slices.append(image.transpose(2, 0, 1)[pick])
     match = H5_NAME.fullmatch(files[0].name)
-    return Scan(f"volume_{match[1]}" if match else files[0].stem, "h5", np.stack(slices), files)
+    return Scan(f"volume_{match[1]}" if match else files[0].stem, "h5", np.stack(slices), files,
+                slice_numbers=[_slice_number(f)[0] for f in files])
 
 
 def _read_image(path: Path, model: Model) -> Scan:
@@ -176,42 +212,75 @@ def predict_scan(scan: Scan, model: Model, device: torch.device) -> np.ndarray:
 
 
 def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path) -> dict:
-    """Write the mask(s), overlays and the JSON summary; returns the summary."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the mask(s), overlays and the JSON summary under out/scan.folder; returns the summary.
+
+    Everything is written under temporary names first and renamed when all of it is there, the
+    summary last: a failure leaves no output of this input that looks complete."""
+    folder = out / scan.folder
     # (S, K, H, W); the scan is one case, its rows in slice order
     volume = pd.DataFrame({"case_id": scan.name, "slice_index": np.arange(len(probabilities))})
     masks = apply_rule(probabilities > model.threshold, volume, model.postprocess)
-    written = []
+    files: dict[Path, object] = {}
     if scan.kind == "nifti":
         labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)
         data = np.moveaxis(labels, 0, -1) if labels.ndim == 3 else labels.transpose(2, 3, 0, 1)
         header = scan.reference.header.copy()
         header.set_data_dtype(np.uint8)
-        path = out / f"{scan.name}_mask.nii.gz"
-        nib.save(nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header), str(path))
-        written.append(path)
+        files[folder / f"{scan.name}_mask.nii.gz"] = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)
     else:
         for i, source in enumerate(scan.sources):
-            mask = masks[i, 0].astype(np.uint8) * 255
-            cv2.imwrite(str(out / f"{source.stem}_mask.png"), mask)
             rgb = overlay(scan.image[i, 0], masks[i, 0], masks[i, 0])
-            cv2.imwrite(str(out / f"{source.stem}_overlay.png"), (rgb[..., ::-1] * 255).astype(np.uint8))
-            written += [out / f"{source.stem}_mask.png", out / f"{source.stem}_overlay.png"]
+            files[folder / f"{source.stem}_mask.png"] = masks[i, 0].astype(np.uint8) * 255
+            files[folder / f"{source.stem}_overlay.png"] = (rgb[..., ::-1] * 255).astype(np.uint8)
     tumor = masks[:, 0]
+    numbers = scan.slice_numbers or list(range(len(tumor)))
     summary = {
         "input": [str(p) for p in scan.sources],
         "tumor_present": bool(tumor.any()),
-        "slices_with_tumor": [int(i) for i in np.flatnonzero(tumor.reshape(len(tumor), -1).any(axis=1))],
+        "slices_with_tumor": [int(numbers[i]) for i in np.flatnonzero(tumor.reshape(len(tumor), -1).any(axis=1))],
         "tumor_pixels": {name: int(masks[:, k].sum()) for k, name in enumerate(model.targets)},
         "threshold": model.threshold,
         "postprocess": model.postprocess,
         "model": model.summary,
-        "outputs": [str(p) for p in written],
+        "outputs": [str(p) for p in files],
     }
+    if model.trained_on_sample:
+        summary["warning"] = SAMPLE_WARNING
     if scan.voxel_ml is not None:
         summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4) for k, name in enumerate(model.targets)}
-    (out / f"{scan.name}_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    files[folder / f"{scan.name}_summary.json"] = json.dumps(summary, indent=2) + "\n"
+    _write_all(files)
     return summary
+
+
+SAMPLE_WARNING = "the model was trained on the synthetic sample data: its masks say nothing about real scans"
+
+
+def _write_all(files: dict[Path, object]) -> None:
+    """Write every file under a temporary name, then rename them into place in order (summary last)."""
+    partial = {path: path.with_name(f".{path.name}.partial-{os.getpid()}") for path in files}
+    try:
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = partial[path]
+            if isinstance(content, nib.Nifti1Image):
+                nib.save(content, str(temporary.with_name(temporary.name + ".nii.gz")))
+                temporary.with_name(temporary.name + ".nii.gz").rename(temporary)
+            elif isinstance(content, str):
+                temporary.write_text(content, encoding="utf-8")
+            elif not cv2.imwrite(str(temporary.with_name(temporary.name + ".png")), content):
+                raise OSError(f"OpenCV could not write {path.name}")
+            else:
+                temporary.with_name(temporary.name + ".png").rename(temporary)
+        for path, temporary in partial.items():
+            temporary.replace(path)
+    except OSError as error:
+        for temporary in partial.values():
+            for leftover in (temporary, temporary.with_name(temporary.name + ".png"), temporary.with_name(temporary.name + ".nii.gz")):
+                leftover.unlink(missing_ok=True)
+        where = next((p for p in files if not p.exists()), next(iter(files)))
+        raise PipelineError(f"{where}: cannot write ({getattr(error, 'strerror', None) or one_line(error, 120)}); "
+                            "check --out and its permissions") from None
 
 
 def _label_volume(masks: np.ndarray, targets: list[str]) -> np.ndarray:

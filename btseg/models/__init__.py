@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from btseg.errors import PipelineError, one_line
+from btseg.errors import PipelineError
 from btseg.models.resnet_unet import ResNet34UNet
 from btseg.models.unet import ResUNet, UNet
 
@@ -47,6 +47,18 @@ class Ensemble(nn.Module):
         return torch.logit(probabilities, eps=1e-6)
 
 
+def _why_not_a_model(path, error: Exception) -> str:
+    """In our words why `path` is no model file: PyTorch's own message speaks of its loader's internals."""
+    if isinstance(error, KeyError) or "weights only" in str(error).lower():
+        try:  # our own training checkpoint holds RNG states, which the safe loader refuses
+            if "fingerprint" in torch.load(path, map_location="cpu", weights_only=False):
+                return "a training checkpoint (checkpoint.pt), not a model file; use model.pt beside it"
+        except Exception:  # noqa: BLE001 - anything unloadable is simply not a model file
+            pass
+    return ("not a model file of this pipeline (a file the train stage writes as models/<dataset>/<model>/model.pt); "
+            f"{type(error).__name__} while reading it")
+
+
 def load_model_file(path) -> tuple[nn.Module, dict]:
     """Model (eval mode, on CPU) and the contents of a model file: model.pt written by the train stage,
     or the ensemble of cross-validation folds written by the cv_summary stage."""
@@ -65,7 +77,8 @@ def load_model_file(path) -> tuple[nn.Module, dict]:
         model = Ensemble(networks) if "members" in checkpoint else networks[0]
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run the train stage first") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: a folder; give the model file inside it (model.pt)") from None
     except Exception as error:  # torch.load raises many types (EOF, unpickling, zip) for a damaged file
-        reason = one_line(error, 200)
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline ({reason}); re-run the train stage") from None
+        raise PipelineError(f"{path}: {_why_not_a_model(path, error)}") from None
     return model.eval(), checkpoint

@@ -119,7 +119,7 @@ def choose_device(config: TrainParams, dist: Distributed) -> torch.device:
     try:
         device = pick_device(config.device)
     except RuntimeError as error:
-        raise PipelineError(f"params.yaml: {error}") from None
+        raise PipelineError(f"params.yaml: train.device: {error}") from None
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)

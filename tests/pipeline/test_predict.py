@@ -158,3 +158,58 @@ def test_exported_program_runs_without_this_package_and_matches(project, tmp_pat
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the_files(project, tmp_path, realdata_coco):
+    image = sorted((realdata_coco / "test").glob("*.jpg"))[0]
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "scan.jpg").write_bytes(image.read_bytes())
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(tmp_path / "in/a/scan.jpg"),
+                 str(tmp_path / "in/b/scan.jpg"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    for folder in ("a", "b"):
+        assert (tmp_path / "out" / folder / "scan_mask.png").is_file()
+        assert json.loads((tmp_path / "out" / folder / "scan_summary.json").read_text())["input"] == [
+            str(tmp_path / "in" / folder / "scan.jpg")]
+    assert "trained on the synthetic sample" in result.stderr  # the log says what the model is
+    summary = json.loads((tmp_path / "out/a/scan_summary.json").read_text())
+    assert summary["warning"].startswith("the model was trained on the synthetic sample")
+    assert not list((tmp_path / "out").rglob("*.partial-*"))
+    volume = sorted((project / "data/raw/brats2020").rglob("volume_1_slice_*.h5"))
+    result = run(project, "btseg.inference.predict", "models/brats2020/unet/model.pt", *map(str, volume), "--out", str(tmp_path / "h5"))
+    assert result.returncode == 0, result.stderr
+    numbers = {int(p.stem.rsplit("_", 1)[1]) for p in volume}
+    found = json.loads((tmp_path / "h5/volume_1_summary.json").read_text())["slices_with_tumor"]
+    assert found and set(found) <= numbers and max(found) > len(volume)  # file slice numbers, not positions
+
+
+def test_model_output_and_device_errors_are_in_our_words(project, tmp_path, realdata_coco):
+    image = str(sorted((realdata_coco / "test").glob("*.jpg"))[0])
+    cases = [
+        (["models/tumor_coco/unet/checkpoint.pt", image], "a training checkpoint (checkpoint.pt), not a model file"),
+        (["params.yaml", image], "not a model file of this pipeline"),
+        (["models/tumor_coco/unet/model.pt", image, "--out", "params.yaml"], "--out params.yaml: is a file"),
+        (["models/tumor_coco/unet/model.pt", str(sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0])],
+         "NIfTI volumes, but the model was trained on 2D images (tumor_coco)"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["models/tumor_coco/unet/model.pt", image, "--device", "cuda"], "--device: 'cuda' asks for a GPU"))
+    for args, message in cases:
+        result = run(project, "btseg.inference.predict", *args, *(["--out", str(tmp_path / "o")] if "--out" not in args else []))
+        assert result.returncode == 1, (args, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], (args, result.stderr)
+        assert "Weights only" not in result.stderr and "\x1b[" not in result.stderr
+
+
+def test_an_unwritable_output_is_one_error_and_the_other_inputs_still_run(project, tmp_path, realdata_coco):
+    images = sorted((realdata_coco / "test").glob("*.jpg"))[:2]
+    out = tmp_path / "out"
+    (out / f"{images[0].stem}_mask.png").mkdir(parents=True)  # a folder where a mask should go
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", *map(str, images), "--out", str(out))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and images[0].stem in errors[0], result.stderr
+    assert (out / f"{images[1].stem}_summary.json").is_file()
+    assert not (out / f"{images[0].stem}_summary.json").exists() and not list(out.rglob("*.partial-*"))
