@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from btseg.cli import run_stage
-from btseg.errors import PipelineError
+from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_file
 from btseg.inference.scans import load_model
 
@@ -25,18 +26,36 @@ log = logging.getLogger("btseg.inference.export")
 
 def export(model_path: Path, out: Path) -> dict:
     """Write the .pt2 program; returns the metadata embedded with it."""
+    _check_writable(out)
     model = load_model(model_path)
-    size, channels = model.settings.size, len(model.channels)
+    # 2.5D models take each sequence with its neighbouring slices (preprocess.neighbours)
+    size, channels = model.settings.size, len(model.channels) * (2 * model.settings.neighbours + 1)
     example = torch.zeros(2, channels, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model.network.eval(), (example,), dynamic_shapes=({0: batch},))
     meta = {"input": f"float32 (N, {channels}, {size}, {size}), channels {model.channels}",
             "output": f"logits (N, {len(model.targets)}, {size}, {size}), targets {model.targets}; "
                       f"tumor where sigmoid(logit) > threshold",
-            "threshold": model.threshold, "preprocessing": model.settings.__dict__, "model": model.summary}
-    with atomic_file(out) as partial:
-        torch.export.save(program, partial, extra_files={"preprocessing.json": json.dumps(meta, default=list)})
+            "threshold": model.threshold, "postprocess": model.postprocess, "test_time_flips": model.tta,
+            "preprocessing": model.settings.__dict__, "model": model.summary}
+    try:
+        with atomic_file(out) as partial:
+            torch.export.save(program, partial, extra_files={"preprocessing.json": json.dumps(meta, default=list)})
+    except (OSError, RuntimeError) as error:  # torch's writer reports a full disk or lost folder as RuntimeError
+        raise PipelineError(f"--out {out}: cannot write ({one_line(error, 120)})") from None
     return meta
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before the export's work when the output folder cannot take a file."""
+    folder = out.parent
+    if not folder.is_dir():
+        raise PipelineError(f"--out {out}: {folder} is not an existing folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise PipelineError(f"--out {out}: cannot write in {folder} ({error.strerror})") from None
 
 
 def main(argv: Sequence[str]) -> None:

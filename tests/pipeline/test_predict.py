@@ -213,3 +213,19 @@ def test_an_unwritable_output_is_one_error_and_the_other_inputs_still_run(projec
     assert len(errors) == 1 and "cannot write" in errors[0] and images[0].stem in errors[0], result.stderr
     assert (out / f"{images[1].stem}_summary.json").is_file()
     assert not (out / f"{images[0].stem}_summary.json").exists() and not list(out.rglob("*.partial-*"))
+
+
+def test_export_into_an_unwritable_folder_is_one_line(project, tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere: use a folder that does not exist, and a path through a file
+        targets = [(tmp_path / "missing" / "unet.pt2", "is not an existing folder"),
+                   (tmp_path / "file.txt" / "unet.pt2", "is not an existing folder")]
+        (tmp_path / "file.txt").write_text("x")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        targets = [(locked / "unet.pt2", "cannot write in")]
+    for out, message in targets:
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+            line for line in result.stderr.strip().splitlines() if line.startswith("error: ")], result.stderr
+        assert message in result.stderr and "enforce fail" not in result.stderr
