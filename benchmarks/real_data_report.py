@@ -34,7 +34,7 @@ def main() -> None:
                           weights_only=False)
     history = pd.DataFrame(contents["history"])
     history["minutes"] = history.seconds.cumsum() / 60
-    metrics = json.loads((args.run / "metrics" / args.dataset / f"{args.model}.json").read_text())
+    metrics = json.loads((args.run / "reports" / args.dataset / args.model / "evaluation/metrics_full.json").read_text())
     best = history.loc[history.val_case_dice.idxmax()]
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)

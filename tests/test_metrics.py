@@ -460,3 +460,15 @@ def test_smoothed_threshold_prefers_a_plateau_to_a_lone_peak_at_the_edge():
     assert pick_threshold(sweep, smooth=True) == 0.7  # 0.783: its neighbours hold it up
     # neighbours averaged, an edge point with its only neighbour
     np.testing.assert_allclose(sweep.smoothed, [0.7, 2.2 / 3, 2.3 / 3, 2.35 / 3, 0.775])
+
+
+def test_headline_keeps_the_numbers_people_compare():
+    from btseg.evaluation.metrics import headline
+
+    prediction, truth, index = _case_example()
+    _, _, full = evaluate_targets(prediction[:, None], truth[:, None], index, ["whole_tumor"], size_buckets={"all": 1.0})
+    slim = headline({**full, "threshold": 0.4})
+    assert slim == {"per_case": {k: full["per_case"][k] for k in ("dice", "dice_ci95_low", "dice_ci95_high", "iou",
+                                                                  "precision", "recall", "hd95_px")},
+                    "per_slice": {"dice": full["per_slice"]["dice"]}, "pooled": {"dice": full["pooled"]["dice"]},
+                    "threshold": 0.4, "cases": 2}

@@ -8,7 +8,9 @@ Beside the metrics JSON (headline numbers only), the evaluation folder gets:
 - threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
 - postprocess_sweep.csv: mean per-case val Dice per post-processing rule (postprocess=validation);
 - settings.json: the threshold used and how it was chosen, the targets, the conventions;
-- probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage.
+- probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage;
+- metrics_full.json: every metric (per target, size buckets, other tools' conventions, the rules
+  used); the metrics file itself keeps the few numbers people compare (`headline`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 
 from btseg.config import EvaluateParams, Params
 from btseg.errors import PipelineError
-from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets
+from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets, headline
 from btseg.evaluation.postprocess import apply_rule, choose_postprocess
 from btseg.evaluation.thresholds import choose_threshold, precision_recall_curve
 from btseg.fileio import atomic_dir, write_json
@@ -78,7 +80,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
         write_json(partial / "settings.json", {**chosen, "targets": targets, "size_buckets": dict(settings.size_buckets),
                                                "pr_thresholds": PR_THRESHOLDS.tolist(), **conventions})
         np.save(partial / "probabilities.npy", probabilities.astype(np.float16))
-    write_json(metrics_file, metrics)
+        write_json(partial / "metrics_full.json", metrics)  # every number, for reading rather than comparing
+    write_json(metrics_file, headline(metrics))
     log.info("%s test at threshold %.2f: per-case Dice %.4f, HD95 %.2f px; per-slice Dice %.4f; pooled Dice %.4f "
              "(%d cases, %d slices)", model_file, threshold, metrics["per_case"]["dice"],
              metrics["per_case"]["hd95_px"], metrics["per_slice"]["dice"], metrics["pooled"]["dice"],

@@ -147,6 +147,18 @@ def evaluate_targets(predicted: np.ndarray, truth: np.ndarray, index: pd.DataFra
     return pd.concat(slices, ignore_index=True), pd.concat(cases, ignore_index=True), metrics
 
 
+HEADLINE = {"per_case": ("dice", "dice_ci95_low", "dice_ci95_high", "iou", "precision", "recall", "hd95_px"),
+            "per_slice": ("dice",), "pooled": ("dice",)}
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers people compare across experiments (the metrics file DVC shows): per-case
+    Dice with its interval, IoU, precision, recall and HD95; per-slice and pooled Dice; the
+    threshold and the number of cases. Everything else stays in the full report."""
+    slim = {group: {name: metrics[group][name] for name in names if name in metrics[group]} for group, names in HEADLINE.items()}
+    return {**slim, "threshold": metrics["threshold"], "cases": metrics["cases"]}
+
+
 # --- beyond overlap: specificity, surface distance, size error, conventions, thresholds ------------
 #
 # HD95 convention (HD95_CONVENTION): surfaces are the mask pixels with a 4-connected (6 in 3D)

@@ -18,11 +18,11 @@ from tests.conftest import REPO, tiny_params
 pytestmark = pytest.mark.slow
 
 
-def sh(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def sh(project: Path, *args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in the project; `dvc` and the stages' `python` are this interpreter's, activated or not."""
     env = {**os.environ, "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]), **(env_extra or {})}
     command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else list(args)
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode:
@@ -59,7 +59,11 @@ def metrics_diff(project: Path) -> dict:
 def test_repro_writes_metrics_for_every_dataset_and_model(project):
     for dataset in ("brats2020", "tumor_coco"):
         for model in ("unet", "resunet"):
-            metrics = json.loads((project / "metrics" / dataset / f"{model}.json").read_text())
+            shown = json.loads((project / "metrics" / dataset / f"{model}.json").read_text())
+            assert set(shown) == {"per_case", "per_slice", "pooled", "threshold", "cases"}  # a handful of numbers
+            assert set(shown["per_slice"]) == set(shown["pooled"]) == {"dice"}
+            metrics = json.loads((project / "reports" / dataset / model / "evaluation/metrics_full.json").read_text())
+            assert shown["per_case"]["dice"] == metrics["per_case"]["dice"]
             for group in ("per_case", "per_slice", "pooled"):
                 assert {"dice", "iou", "precision", "recall", "specificity"} <= set(metrics[group])
                 assert all(0.0 <= metrics[group][m] <= 1.0 for m in ("dice", "iou", "precision", "recall", "specificity"))
@@ -137,6 +141,15 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
     assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
     assert "0.01" in text and text.count("per_case") >= 3  # baseline and both experiments carry metrics
     sh(project, "dvc", "queue", "stop", check=False)
+    # the table a person reads after a sweep fits a 200-column terminal with every model's per-case Dice
+    table = sh(project, "dvc", "exp", "show", "--only-changed", "--no-pager", env_extra={"COLUMNS": "200"}).stdout
+    assert max(len(line) for line in table.splitlines()) <= 200, table
+    rows = json.loads(sh(project, "dvc", "exp", "show", "--only-changed", "--json").stdout)
+    baseline = rows[0]["data"]
+    for dataset in ("brats2020", "tumor_coco"):
+        for model in ("unet", "resunet"):
+            dice = baseline["metrics"][f"metrics/{dataset}/{model}.json"]["data"]["per_case"]["dice"]
+            assert f"{dice:.5g}"[:5] in table or f"{dice:.4f}" in table, (dataset, model, dice, table)
 
 
 def test_second_machine_pulls_from_a_remote_and_has_nothing_to_rerun(project, tmp_path):
