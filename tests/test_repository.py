@@ -164,3 +164,16 @@ def test_ruff_finds_nothing():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "btseg", "stages", "tests", "benchmarks"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_installs_use_exact_versions_of_every_dependency():
+    import re as regex
+    import tomllib
+
+    pins = {line.split("==")[0].lower().replace("_", "-") for line in (REPO / "constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    names = {regex.match(r"[A-Za-z0-9_.-]+", d)[0].lower().replace("_", "-") for d in wanted} - {"torch"}
+    assert names <= pins, sorted(names - pins)
+    assert all("-c constraints.txt" in command for command in quick_start_commands())

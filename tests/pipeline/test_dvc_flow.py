@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def sh(project: Path, *args: str, check: bool = True, env_extra: dict | None = N
 def project(tmp_path_factory) -> Path:
     """A copy of the pipeline (code, dvc.yaml, DVC config) with tiny params, committed after `dvc repro`."""
     root = tmp_path_factory.mktemp("pipeline")
-    for folder in ("stages", "btseg"):
+    for folder in ("stages", "btseg", "plots"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
@@ -82,6 +83,10 @@ def test_plots_show_renders_one_html_page(project, tmp_path):
     sh(project, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "Dice vs true tumor area" in page and "worst_cases.png" in page  # a data plot (vega) and an image
+    # offline: vega is inlined, and nothing is loaded from elsewhere (schema ids in the specs are names, not loads)
+    assert "vegaEmbed" in page and "cdn.jsdelivr" not in page
+    assert not re.search(r"""<(script|link|img|iframe)[^>]+(src|href)=["']?(https?:)?//""", page)
+    assert "tumor_coco / resunet: per-case Dice" in page and "brats2020 / unet: training curve" in page
 
 
 def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
