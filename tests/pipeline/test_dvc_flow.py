@@ -109,10 +109,10 @@ def test_a_recipe_runs_as_one_experiment_that_exp_show_records(project):
     (project / "recipes").mkdir(exist_ok=True)
     (project / "recipes" / "tiny.yaml").write_text(yaml.safe_dump({"description": "two epochs, one dataset", "set": {
         "train.epochs": 2, "data.datasets": ["tumor_coco"], "train.augment.hflip": 0.0}}))
-    sh(project, sys.executable, "-m", "btseg.recipes", "tiny", "-S", "train.batch_size=8")
+    sh(project, sys.executable, "-m", "btseg.recipes", "tiny", "-S", "train.batch_size=4")
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["recipe"] == "tiny" and params["train"]["epochs"] == 2 and params["data"]["datasets"] == ["tumor_coco"]
-    assert params["train"]["batch_size"] == 8  # a further -S after the recipe's wins
+    assert params["train"]["batch_size"] == 4  # a further -S after the recipe's wins
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
     assert '"recipe": "tiny"' in json.dumps(shown)
     sh(project, "git", "checkout", "-q", "--", ".")
