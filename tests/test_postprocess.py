@@ -53,7 +53,7 @@ def test_choice_is_none_unless_a_rule_is_strictly_better():
     masks, index = volume_case()
     truth = masks.copy()  # the prediction is perfect: nothing can improve it
     rule, scores = choose_postprocess(masks, truth, index, [2, 50])
-    assert rule == "none" and list(scores.rule) == ["none", "keep_largest", "remove_small:2", "remove_small:50"]
+    assert rule == "none" and list(scores.rule) == ["none", "remove_small:2", "remove_small:50", "keep_largest"]
     truth = apply_rule(masks, index, "remove_small:3")  # the specks are false alarms
     rule, scores = choose_postprocess(masks, truth, index, [3, 50])
     # case a: none 24/27, keep_largest 1; case b (no tumor, a 1-voxel alarm): none 0, keep_largest 0, remove_small:3 1
@@ -79,3 +79,16 @@ def test_tta_averages_the_flipped_predictions_of_a_model_that_is_not_flip_equiva
     assert np.abs(tta - plain).max() > 1e-3
     masks = predict_masks(model, images, torch.device("cpu"), 0.5, tta=True)
     np.testing.assert_array_equal(masks, (tta > 0.5).astype(np.uint8))
+
+
+def test_among_rules_that_tie_on_validation_the_mildest_is_kept():
+    masks = np.zeros((1, 1, 10, 10), bool)
+    masks[0, 0, 0:3, 0:4] = True  # the tumor, found
+    truth = masks.copy()
+    masks[0, 0, 9, 9] = True  # a one-voxel false alarm: keep_largest and remove_small:2 both remove it
+    index = pd.DataFrame({"case_id": ["a"], "slice_index": [0]})
+    rule, scores = choose_postprocess(masks, truth, index, [2, 50])
+    dice = scores.set_index("rule").case_dice
+    assert dice["none"] == pytest.approx(24 / 25) and dice["remove_small:2"] == dice["keep_largest"] == 1.0
+    assert dice["remove_small:50"] == 0.0  # the tumor (12 voxels) goes too
+    assert rule == "remove_small:2"
