@@ -100,9 +100,11 @@ def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarr
         axes[1, column].imshow(overlay(images[column], truth, prediction), interpolation="nearest")
         if truth.any():
             axes[1, column].contour(truth.astype(float), levels=[0.5], colors=[OUTLINE], linewidths=1.0)
-        # a miss or false alarm of a few pixels vanishes under the outline: ring it
+        # a miss or false alarm of a few pixels vanishes under the outline: ring it (only where the
+        # slice's misses or false alarms are all small; a large one is seen, and rings would clutter it)
         for region, colour in ((truth & ~prediction, COLOURS["FN: tumor missed"]), (prediction & ~truth, COLOURS["FP: false alarm"])):
-            centres = small_regions(region, max(SMALL_PIXELS, region.size // 500))
+            limit = max(SMALL_PIXELS, region.size // 500)
+            centres = small_regions(region, limit) if region.sum() <= 3 * limit else []
             if centres:
                 ys, xs = zip(*centres)
                 axes[1, column].scatter(xs, ys, s=160, facecolors="none", edgecolors=[colour], linewidths=1.6)
