@@ -240,7 +240,7 @@ def test_load_model_file_garbage_names_the_path(make_file, tmp_path):
 
 
 def test_load_model_file_directory_instead_of_file(tmp_path):
-    with pytest.raises(PipelineError, match="not a checkpoint") as error:
+    with pytest.raises(PipelineError, match="a folder; give the model file inside it") as error:
         load_model_file(tmp_path)
     assert str(tmp_path) in str(error.value)
 

@@ -56,10 +56,16 @@ def test_fit_learns_circles_and_keeps_the_best_epoch(device):
 
 
 def test_cuda_requested_without_gpu_is_an_error_naming_the_param(monkeypatch):
+    from btseg.errors import PipelineError
+    from btseg.training.loop import SINGLE
+    from btseg.training.run import choose_device
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="train.device"):
+    with pytest.raises(RuntimeError, match="'cuda' asks for a GPU but no CUDA GPU is visible"):
         pick_device("cuda")
     assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(PipelineError, match="^params.yaml: train.device: 'cuda' asks for a GPU"):
+        choose_device(train_config(device="cuda"), SINGLE)
 
 
 def test_early_stopping_stops_after_patience_epochs_without_gain():
