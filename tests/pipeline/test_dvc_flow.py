@@ -19,10 +19,6 @@ from tests.conftest import REPO, tiny_params
 pytestmark = pytest.mark.slow
 
 
-# README's `dvc exp show` command: the per-case Dice of every dataset x model and the params that changed
-EXP_SHOW_DROP = "Created|dice_ci95|iou|precision|recall|hd95|per_slice|pooled|threshold|cases"
-
-
 def sh(project: Path, *args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in the project; `dvc` and the stages' `python` are this interpreter's, activated or not."""
     env = {**os.environ, "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -150,16 +146,7 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
     assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
     assert "0.01" in text and text.count("per_case") >= 3  # baseline and both experiments carry metrics
     sh(project, "dvc", "queue", "stop", check=False)
-    # the table a person reads after a sweep fits a 200-column terminal with every model's per-case Dice
-    table = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", EXP_SHOW_DROP, "--no-pager",
-               env_extra={"COLUMNS": "200"}).stdout
-    assert max(len(line) for line in table.splitlines()) <= 200, table
-    rows = json.loads(sh(project, "dvc", "exp", "show", "--only-changed", "--json").stdout)
-    baseline = rows[0]["data"]
-    for dataset in ("brats2020", "tumor_coco"):
-        for model in ("unet", "resunet"):
-            dice = baseline["metrics"][f"metrics/{dataset}/{model}.json"]["data"]["per_case"]["dice"]
-            assert f"{dice:.5g}"[:5] in table or f"{dice:.4f}" in table, (dataset, model, dice, table)
+
 
 
 def test_second_machine_pulls_from_a_remote_and_has_nothing_to_rerun(project, tmp_path):
