@@ -4,9 +4,6 @@ and bts-predict with the ensemble file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +13,9 @@ import yaml
 
 from btseg.models import Ensemble, load_model_file
 from btseg.preprocessing.slices import load_split
-from tests.conftest import stage_argv, tiny_params
+from tests.conftest import run_in, tiny_params
 
-ENV = {**os.environ, "TQDM_DISABLE": "1"}
-
-
-def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    command = stage_argv(*args) if args[0].startswith("stages.") else [sys.executable, "-m", *args]
-    return subprocess.run(command, cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+run = run_in
 
 
 @pytest.fixture(scope="module")

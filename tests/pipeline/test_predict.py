@@ -16,15 +16,10 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import stage_argv
+from tests.conftest import run_in
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "TQDM_DISABLE": "1"}
-
-
-def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    command = stage_argv(*args) if args[0].startswith("stages.") else [sys.executable, "-m", *args]
-    return subprocess.run(command, cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+run = run_in
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +146,7 @@ def test_exported_program_runs_without_this_package_and_matches(project, tmp_pat
     # importing `stages` is made impossible in that process: the program must not need it
     code = ("import sys; sys.modules['btseg'] = None; import torch; p = torch.export.load('unet.pt2'); "
             "torch.save(p.module()(torch.load('x.pt')), 'y.pt')")
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     check = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
     model, _ = load_model_file(project / "models/brats2020/unet/model.pt")
