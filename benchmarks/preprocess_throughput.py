@@ -22,17 +22,20 @@ from pathlib import Path
 
 import yaml
 
+from btseg.cli import stage_command
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(project: Path, *args: str) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB, largest single process) of `python -m <args>` in `project`."""
+def run(project: Path, stage: str, dataset: str) -> tuple[float, float]:
+    """Seconds and peak RSS (MiB, largest single process) of a stage's dvc.yaml command in `project`."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, capture_output=True, text=True)
+    command = stage_command(stage, REPO, dataset=dataset)
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
     if result.returncode:
-        sys.exit(f"{' '.join(args)} failed:\n{result.stderr}")
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over all reaped descendants so far
     return seconds, max(peak, before) / 1024
@@ -57,8 +60,8 @@ def main() -> None:
                 params["preprocess"]["workers"] = workers
                 (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                 if not (project / "data" / "raw" / "brats2020").exists():
-                    run(project, "stages.download", "--dataset", "brats2020")
-                seconds, peak = run(project, "stages.preprocess", "--dataset", "brats2020")
+                    run(project, "download", "brats2020")
+                seconds, peak = run(project, "preprocess", "brats2020")
                 slices = cases * 155
                 print(f"| {cases} | {slices} | {workers} | {seconds:.1f} | {slices / seconds:.0f} | {peak:.0f} |", flush=True)
 
