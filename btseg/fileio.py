@@ -59,10 +59,13 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
     try:
         yield partial
     except BaseException:
-        if partial.exists():
-            partial.unlink()
+        partial.unlink(missing_ok=True)
         raise
-    os.replace(partial, final)
+    try:
+        os.replace(partial, final)
+    except OSError:  # e.g. a folder where the file should go: leave nothing half-done behind
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | Path, payload: Any) -> None:

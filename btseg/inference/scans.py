@@ -8,9 +8,11 @@ or PNG/JPG/TIF images. Outputs go back to the input's geometry.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from btseg.data.registry import IMAGE_FILE_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import overlay
 from btseg.evaluation.postprocess import apply_rule
+from btseg.fileio import atomic_file
 from btseg.inference.batched import predict_probabilities
 from btseg.models import MODEL_FORMAT, load_model_file
 from btseg.preprocessing.image import Settings, place_back, prepare_image
@@ -257,30 +260,31 @@ SAMPLE_WARNING = "the model was trained on the synthetic sample data: its masks 
 
 
 def _write_all(files: dict[Path, object]) -> None:
-    """Write every file under a temporary name, then rename them into place in order (summary last)."""
-    partial = {path: path.with_name(f".{path.name}.partial-{os.getpid()}") for path in files}
+    """Write every file under a temporary name (fileio.atomic_file), then rename them into place, the
+    summary (the last file) last; if any write or rename fails, none of the files not yet in place appears."""
     try:
-        for path, content in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = partial[path]
-            if isinstance(content, nib.Nifti1Image):
-                nib.save(content, str(temporary.with_name(temporary.name + ".nii.gz")))
-                temporary.with_name(temporary.name + ".nii.gz").rename(temporary)
-            elif isinstance(content, str):
-                temporary.write_text(content, encoding="utf-8")
-            elif not cv2.imwrite(str(temporary.with_name(temporary.name + ".png")), content):
-                raise OSError(f"OpenCV could not write {path.name}")
-            else:
-                temporary.with_name(temporary.name + ".png").rename(temporary)
-        for path, temporary in partial.items():
-            temporary.replace(path)
+        contents = {path: _encode(path, content) for path, content in files.items()}
+        with ExitStack() as stack:
+            # contexts close in reverse: entering the summary first renames it last
+            partial = {path: stack.enter_context(atomic_file(path)) for path in reversed(contents)}
+            for path, data in contents.items():
+                partial[path].write_bytes(data)
     except OSError as error:
-        for temporary in partial.values():
-            for leftover in (temporary, temporary.with_name(temporary.name + ".png"), temporary.with_name(temporary.name + ".nii.gz")):
-                leftover.unlink(missing_ok=True)
         where = next((p for p in files if not p.exists()), next(iter(files)))
         raise PipelineError(f"{where}: cannot write ({getattr(error, 'strerror', None) or one_line(error, 120)}); "
                             "check --out and its permissions") from None
+
+
+def _encode(path: Path, content: object) -> bytes:
+    """The bytes of an output file: JSON text, a gzipped NIfTI image, or a PNG."""
+    if isinstance(content, str):
+        return content.encode("utf-8")
+    if isinstance(content, nib.Nifti1Image):
+        return gzip.compress(content.to_bytes())
+    ok, png = cv2.imencode(".png", content)
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path.name}")
+    return png.tobytes()
 
 
 def _label_volume(masks: np.ndarray, targets: list[str]) -> np.ndarray:
