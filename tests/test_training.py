@@ -104,3 +104,19 @@ def test_every_training_option_trains(overrides):
                          dropout=config.dropout, deep_supervision=config.deep_supervision)
     result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
     assert len(result.history) == 2 and np.isfinite(result.history.train_loss).all()
+
+
+def test_loss_log_has_one_row_per_split_and_epoch_and_a_redone_epoch_replaces_its_rows(tmp_path):
+    import csv
+
+    from btseg.training.run import log_losses
+
+    path = tmp_path / "loss.csv"
+    for step, train, val in ((0, 0.9, 0.8), (1, 0.7, 0.6), (2, 0.5, 0.55)):
+        log_losses(path, step, train, val)
+    log_losses(path, 2, 0.45, 0.5)  # epoch 3 again after a resume from the epoch-2 checkpoint
+    log_losses(path, 1, 0.65, 0.58)  # or from an older one: later rows go too
+    with path.open() as handle:
+        rows = [(int(r["step"]), r["split"], float(r["loss"])) for r in csv.DictReader(handle)]
+    assert rows == [(0, "train", 0.9), (0, "validation", 0.8), (1, "train", 0.65), (1, "validation", 0.58)]
+    assert not list(tmp_path.glob("*partial*"))

@@ -10,6 +10,7 @@ resumes; it is resumed only for the same settings, data files and training code 
 from __future__ import annotations
 
 import atexit
+import csv
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ import btseg
 from btseg.config import EvaluateParams, Params, TrainParams
 from btseg.errors import PipelineError
 from btseg.evaluation.evaluate import decide
-from btseg.fileio import atomic_file
+from btseg.fileio import atomic_file, write_csv
 from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
 from btseg.models import MODEL_FORMAT, create_model
 from btseg.preprocessing.slices import SliceSet, load_split
@@ -35,7 +36,8 @@ from btseg.training.loop import SINGLE, Distributed, Diverged, fingerprint, fit,
 
 log = logging.getLogger(__name__)
 
-LOGGED = ("train_loss", "val_loss", "val_case_dice", "val_case_iou", "learning_rate")
+LOGGED = ("val_case_dice", "val_case_iou", "learning_rate")  # one dvclive chart each
+LOSS_FILE = "loss.csv"  # beside dvclive's plots: train and validation loss in one chart (step, split, loss)
 REPO = Path(btseg.__file__).resolve().parent.parent
 
 
@@ -189,7 +191,7 @@ def code_hash() -> str:
 
 
 def live_logger(live):
-    """The per-epoch callback that logs `LOGGED` to dvclive (None without a logger: other ranks)."""
+    """The per-epoch callback that logs `LOGGED` to dvclive and the two losses to `LOSS_FILE` (None on other ranks)."""
     if live is None:
         return None
 
@@ -197,8 +199,23 @@ def live_logger(live):
         live.step = row["epoch"] - 1  # step = epoch - 1 also after a resume
         for name in LOGGED:
             live.log_metric(name, row[name])
+        log_losses(Path(live.dir) / LOSS_FILE, live.step, row["train_loss"], row["val_loss"])
         live.next_step()
     return on_epoch
+
+
+def log_losses(path: Path, step: int, train_loss: float, val_loss: float) -> None:
+    """Append one epoch's losses in long form (one row per split), so one chart colours the two curves.
+
+    Rows of this step or later (an epoch logged before a kill, redone after the resume) are replaced;
+    the file is rewritten whole under a temporary name, so a kill never leaves half a row."""
+    rows = []
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = [(int(r["step"]), r["split"], r["loss"]) for r in csv.DictReader(handle) if int(r["step"]) < step]
+    rows += [(step, "train", repr(float(train_loss))), (step, "validation", repr(float(val_loss)))]
+    with atomic_file(path) as partial:
+        write_csv(partial, ("step", "split", "loss"), rows)
 
 
 def open_live(folder: Path, checkpoint: Path, key: str):

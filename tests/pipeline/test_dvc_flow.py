@@ -87,6 +87,30 @@ def test_plots_show_renders_one_html_page(project, tmp_path):
     assert "vegaEmbed" in page and "cdn.jsdelivr" not in page
     assert not re.search(r"""<(script|link|img|iframe)[^>]+(src|href)=["']?(https?:)?//""", page)
     assert "tumor_coco / resunet: per-case Dice" in page and "brats2020 / unet: training curve" in page
+    # train and validation loss share one chart, coloured by split; tick labels keep small values (0.002, not 0)
+    assert "brats2020 / unet: train and validation loss" in page
+    assert '"split": "validation"' in page and '"split": "train"' in page
+    assert page.count('"format": "~g"') >= 2 * 2 * 2  # curve and loss charts of every dataset x model
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run vega headless")
+def test_every_chart_renders_headless_with_readable_labels(project, tmp_path):
+    """Each chart of the page through the inlined vega and vega-lite, to SVG, as a browser would draw it."""
+    sh(project, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    result = subprocess.run(["node", str(REPO / "tests/render_plots.js"), str(tmp_path / "plots/index.html"),
+                             str(REPO / "plots/offline.html")], capture_output=True, text=True, timeout=300, check=True)
+    charts = json.loads(result.stdout)
+    assert len(charts) >= 2 * 2 * 6, sorted(charts)  # per dataset x model: 3 curves, the loss chart, 2 from evaluate
+    assert not {chart_id: chart["error"] for chart_id, chart in charts.items() if "error" in chart}
+    for dataset in ("brats2020", "tumor_coco"):
+        for model in ("unet", "resunet"):
+            live = project / "dvclive" / dataset / model
+            rates = [float(line.split("\t")[1]) for line in (live / "plots/metrics/learning_rate.tsv").read_text().splitlines()[1:]]
+            labels = charts[f"dvclive_{dataset}_{model}_plots_metrics_learning_rate_tsv"]["y_labels"]
+            assert labels and all(float(label) > 0 for label in labels), labels  # a rate of 0.002 is not labelled "0"
+            assert min(float(label) for label in labels) <= max(rates)
+            loss = charts[f"dvclive_{dataset}_{model}_loss_csv"]
+            assert loss["legend"] == ["train", "validation"] and len(loss["y_labels"]) >= 3, loss  # one chart, two curves
 
 
 def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
