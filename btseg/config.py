@@ -31,7 +31,10 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Names = Annotated[list[str], Field(min_length=1)]
-LabelValues = Annotated[dict[str, Annotated[int, Field(ge=1, le=MAX_LABEL_VALUE)]], Field(min_length=1)]
+LabelValue = Annotated[int, Field(ge=1, le=MAX_LABEL_VALUE)]
+LabelValues = Annotated[dict[str, LabelValue], Field(min_length=1)]
+# a sub-region's label value, or several (a region such as whole tumor = [1, 2, 3], as nnU-Net's region-based labels)
+LabelMap = Annotated[dict[str, LabelValue | Annotated[list[LabelValue], Field(min_length=1)]], Field(min_length=1)]
 
 
 class Section(BaseModel):
@@ -57,6 +60,19 @@ class BratsNiftiParams(Section):
     sequences: Names
     input_channels: Names
     labels: LabelValues
+    axis: Literal["axial", "coronal", "sagittal"]
+
+
+class NiftiParams(Section):
+    path: str  # the user's dataset folder, used when data.source is not sample
+    layout: Literal["brats2020", "brats2021", "brats2023", "nnunet", "decathlon", "custom"]
+    case_pattern: str  # custom: regex of the case folders' names
+    files: dict[str, str]  # custom: sequence -> file template relative to the case folder ({case} = its name)
+    label_file: str  # custom: the label map's template ("" = none: prediction only)
+    brain_mask_file: str  # optional brain mask template ("" = none)
+    sequences: Names
+    input_channels: Names
+    labels: LabelMap
     axis: Literal["axial", "coronal", "sagittal"]
 
 
@@ -91,6 +107,7 @@ class SampleParams(Section):
     brats2020_nifti: SampleSizes
     lgg: SampleSizes
     folder: SampleSizes
+    nifti: SampleSizes
 
 
 class DataParams(Section):
@@ -101,6 +118,7 @@ class DataParams(Section):
     brats2020_nifti: BratsNiftiParams
     lgg: LggParams
     folder: FolderParams
+    nifti: NiftiParams
     sample: SampleParams
 
 
@@ -352,7 +370,8 @@ def available_channels(params: Params) -> dict[str, list[str]]:
     """Image channels each dataset's files hold, by dataset name."""
     data = params.data
     return {"brats2020": data.brats2020.image_channels, "tumor_coco": ["grey"],
-            "brats2020_nifti": data.brats2020_nifti.sequences, "lgg": data.lgg.channels, "folder": data.folder.channels}
+            "brats2020_nifti": data.brats2020_nifti.sequences, "lgg": data.lgg.channels, "folder": data.folder.channels,
+            "nifti": data.nifti.sequences}
 
 
 def sub_regions(params: Params, dataset: str) -> list[str]:
@@ -360,7 +379,7 @@ def sub_regions(params: Params, dataset: str) -> list[str]:
     data = params.data
     return {"brats2020": data.brats2020.mask_channels, "tumor_coco": ["tumor"],
             "brats2020_nifti": list(data.brats2020_nifti.labels), "lgg": list(data.lgg.labels),
-            "folder": list(data.folder.labels)}[dataset]
+            "folder": list(data.folder.labels), "nifti": list(data.nifti.labels)}[dataset]
 
 
 def targets(params: Params, dataset: str) -> dict[str, list[str]]:

@@ -89,7 +89,7 @@ def tiny_params() -> dict:
     sample = params["data"]["sample"]
     sample["brats2020"].update(cases=6, slices_per_case=4, size=48)
     sample["tumor_coco"] = {"train": 6, "valid": 3, "test": 3}
-    for dataset in ("brats2020_nifti", "lgg", "folder"):
+    for dataset in ("brats2020_nifti", "lgg", "folder", "nifti"):
         sample[dataset].update(cases=6, slices_per_case=4, size=32)
     params["data"]["datasets"] = ["brats2020", "tumor_coco"]  # the DVC-flow test trains on these two
     params["preprocess"]["size"] = 32

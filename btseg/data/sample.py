@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from btseg.config import Params
-from btseg.data import brats_nifti, folder, lgg, phantom
+from btseg.data import folder, lgg, phantom, volumes
 from btseg.errors import PipelineError
 from btseg.fileio import write_csv
 
@@ -52,8 +52,13 @@ def write_sample(dataset: str, root: Path, params: Params) -> None:
         write_tumor_coco(root, images_per_split=sizes, seed=seed)
     elif dataset == "brats2020_nifti":
         options = data.brats2020_nifti
-        brats_nifti.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
-                                 sequences=options.sequences, labels=options.labels, seed=seed)
+        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                             sequences=options.sequences, labels=options.labels, seed=seed)
+    elif dataset == "nifti":
+        options = data.nifti
+        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
+                             labels=options.labels, seed=seed, layout=options.layout, files=options.files,
+                             label_file=options.label_file)
     elif dataset == "lgg":
         lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
     elif dataset == "folder":

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from btseg.config import Params
 from btseg.data import kaggle, sample
+from btseg.data.registry import OWN_FOLDER_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir
 
@@ -34,16 +35,16 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
             sample.write_sample(dataset, partial, params)
         log.info("%s: synthetic sample written to %s", dataset, destination)
         return
-    if dataset == "folder":
+    if dataset in OWN_FOLDER_DATASETS:
         # The user's own files are copied, not linked: DVC makes the files it caches read-only,
         # and through a hard link that would change the permissions of the user's originals.
-        own = Path(data.folder.path)
+        own = Path(getattr(data, dataset).path)
         if not own.is_dir():
-            raise PipelineError(f"params.yaml: data.folder.path: folder {own} not found")
+            raise PipelineError(f"params.yaml: data.{dataset}.path: folder {own} not found")
         with atomic_dir(destination) as partial:
             shutil.rmtree(partial)
             shutil.copytree(own, partial)
-        log.info("folder: %s copied into %s", own, destination)
+        log.info("%s: %s copied into %s", dataset, own, destination)
         return
     archive = getattr(data, dataset).archive
     if archive:

@@ -2,8 +2,9 @@
 
 A model file (models/<dataset>/<model>/model.pt) carries the architecture, weights, decision
 threshold, targets and the exact preprocessing of its training data, so no params.yaml is needed.
-Inputs: a BraTS case folder or NIfTI files (one per sequence), BraTS .h5 slices (grouped by volume),
-or PNG/JPG/TIF images. Outputs go back to the input's geometry.
+Inputs: NIfTI cases in the layout the model was trained on (a BraTS case folder, nnU-Net imagesTs
+files, Decathlon 4D images, ...: btseg.data.volumes), BraTS .h5 slices (grouped by volume), or
+PNG/JPG/TIF images. Outputs go back to the input's geometry (NIfTI: its own orientation and affine).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from btseg.data.brats_nifti import read_nifti
+from btseg.data import volumes
 from btseg.data.images import decode
 from btseg.data.registry import IMAGE_FILE_DATASETS
 from btseg.errors import PipelineError, one_line
@@ -37,6 +38,9 @@ from btseg.preprocessing.image import Settings, place_back, prepare_image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 H5_NAME = re.compile(r"volume_(\d+)_slice_(\d+)\.h5")
 BRATS_LABELS = {"WT": 2, "TC": 1, "ET": 4}  # painted in this order: edema, then core, then enhancing
+# models trained before the layout was kept in the model file read BraTS 2020 names
+BRATS2020_SPEC = {"layout": "brats2020", "images": {s: "{case}_" + s for s in ("flair", "t1", "t1ce", "t2")},
+                  "channel_index": {}, "channels_in_file": 0, "extensions": list(volumes.NIFTI), "axis": "axial"}
 
 
 @dataclass
@@ -50,6 +54,11 @@ class Model:
     threshold: float
     postprocess: str = "none"  # chosen on validation by the train stage (btseg.evaluation.postprocess)
     tta: bool = False  # average over flips, as validation did
+
+    @property
+    def layout(self) -> dict:
+        """NIfTI models: the files of each sequence and the slice axis (btseg.data.volumes.Layout.spec)."""
+        return self.checkpoint["data_meta"].get("layout", BRATS2020_SPEC)
 
     @property
     def trained_on_sample(self) -> bool:
@@ -87,46 +96,56 @@ class Scan:
     voxel_ml: float | None = None
     slice_numbers: list[int] | None = None  # the slices' numbers in their source (h5: from the file names)
     folder: Path = Path()  # where under --out its outputs go (inputs of the same name get their own folders)
+    axis: int = 2  # NIfTI: the canonical-orientation array axis the slices were cut along
 
 
-def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path]], list[str]]:
+@dataclass(frozen=True)
+class VolumeCase:
+    """One NIfTI case found among the inputs: its name and, per model channel, the file (and 4D index)."""
+
+    name: str
+    channels: tuple[tuple[Path, int | None], ...]
+
+
+def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path] | VolumeCase], list[str]]:
     """Group the given files/folders into inputs: NIfTI cases, h5 volumes, single images."""
-    groups: list[Path | list[Path]] = []
+    groups: list[Path | list[Path] | VolumeCase] = []
     problems: list[str] = []
-    loose_nifti: list[Path] = []
+    nifti: list[Path] = []
     h5_by_volume: dict[str, list[Path]] = {}
     for path in paths:
         if not path.exists():
             problems.append(f"{path}: not found")
             continue
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        nifti = [p for p in files if p.name.endswith((".nii", ".nii.gz"))]
-        if path.is_dir() and nifti:
-            for folder in sorted({p.parent for p in nifti}):
-                groups.append(folder)
-        else:
-            loose_nifti += nifti
+        nifti += [p for p in files if p.name.endswith(volumes.NIFTI) and not p.name.startswith(".")]
         for p in files:
             if p.suffix == ".h5":
                 match = H5_NAME.fullmatch(p.name)
                 h5_by_volume.setdefault(f"volume_{match[1]}" if match else p.stem, []).append(p)
             elif p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(("_mask", "_overlay")):
                 groups.append(p)
-    if loose_nifti:
-        groups.append(loose_nifti)
+    if nifti:
+        dataset = model.checkpoint["data_meta"]["dataset"]
+        if dataset in IMAGE_FILE_DATASETS:
+            problems += [f"{folder}: NIfTI volumes, but the model was trained on 2D images ({dataset}); give it PNG/JPG/TIF images"
+                         for folder in sorted({p.parent for p in nifti})]
+        else:
+            cases, missing = volumes.group_cases(nifti, model.layout)
+            groups += [VolumeCase(name, tuple(channels)) for name, channels in cases]
+            problems += missing
     groups += [sorted(files, key=_slice_number) for _, files in sorted(h5_by_volume.items())]
     return groups, problems
 
 
-def _output_name(group: Path | list[Path]) -> str:
+def _output_name(group: Path | list[Path] | VolumeCase) -> str:
     """The name an input group's outputs start with (as its Scan will be named)."""
+    if isinstance(group, VolumeCase):
+        return group.name
     if isinstance(group, list):
-        first = group[0]
-        if first.name.endswith((".nii", ".nii.gz")):
-            return first.parent.name
-        match = H5_NAME.fullmatch(first.name)
-        return f"volume_{match[1]}" if match else first.stem
-    return group.name if group.is_dir() else group.stem
+        match = H5_NAME.fullmatch(group[0].name)
+        return f"volume_{match[1]}" if match else group[0].stem
+    return group.stem
 
 
 def output_folders(groups: list[Path | list[Path]]) -> list[Path]:
@@ -134,7 +153,7 @@ def output_folders(groups: list[Path | list[Path]]) -> list[Path]:
     write the same names (a/scan.jpg and b/scan.jpg); those mirror their folders below the inputs'
     common folder, so nothing is overwritten."""
     names = [_output_name(g) for g in groups]
-    places = [(g[0] if isinstance(g, list) else g).resolve().parent for g in groups]
+    places = [_first_file(g).resolve().parent for g in groups]
     clashing = [i for i, n in enumerate(names) if names.count(n) > 1]
     if not clashing:
         return [Path()] * len(groups)
@@ -142,38 +161,37 @@ def output_folders(groups: list[Path | list[Path]]) -> list[Path]:
     return [places[i].relative_to(common) if i in clashing else Path() for i in range(len(groups))]
 
 
-def read_scan(group: Path | list[Path], model: Model) -> Scan:
+def _first_file(group: Path | list[Path] | VolumeCase) -> Path:
+    return group.channels[0][0] if isinstance(group, VolumeCase) else group[0] if isinstance(group, list) else group
+
+
+def read_scan(group: Path | list[Path] | VolumeCase, model: Model) -> Scan:
     """Load one input group as (S, C, H, W) in the model's channel order; errors name the input."""
-    if isinstance(group, Path) and group.is_dir() or isinstance(group, list) and group[0].name.endswith((".nii", ".nii.gz")):
-        if model.checkpoint["data_meta"]["dataset"] in IMAGE_FILE_DATASETS:
-            where = group if isinstance(group, Path) else group[0]
-            raise PipelineError(f"{where}: NIfTI volumes, but the model was trained on 2D images "
-                                f"({model.checkpoint['data_meta']['dataset']}); give it PNG/JPG/TIF images")
-        return _read_nifti(sorted(group.glob("*.nii*")) if isinstance(group, Path) else group, model)
+    if isinstance(group, VolumeCase):
+        return _read_volumes(group, model)
     if isinstance(group, list):
         return _read_h5(group, model)
     return _read_image(group, model)
 
 
-def _read_nifti(files: list[Path], model: Model) -> Scan:
-    name = files[0].parent.name if files else "nifti"
-    by_channel = {}
-    for channel in model.channels:
-        found = [f for f in files if re.search(rf"_{re.escape(channel)}\.nii(\.gz)?$", f.name)]
-        if not found:
-            raise PipelineError(f"{files[0].parent if files else name}: no *_{channel}.nii(.gz) file; the model expects "
-                                f"sequences {model.channels}")
-        by_channel[channel] = found[0]
-    volumes, reference = [], None
-    for channel, path in by_channel.items():
-        data, image = read_nifti(path, dtype=np.float32)  # the dataset reader's checks (gzip CRC, 3D)
-        if reference is not None and data.shape != volumes[0].shape:
-            raise PipelineError(f"{path}: shape {data.shape} differs from {by_channel[model.channels[0]].name} {volumes[0].shape}")
+def _read_volumes(case: VolumeCase, model: Model) -> Scan:
+    """The case's volumes in canonical orientation, sliced along the training axis (the dataset reader's checks)."""
+    spec = model.layout
+    axis = volumes.SLICE_AXIS[spec["axis"]]
+    stack, reference, grid = [], None, None
+    for path, index in case.channels:
+        if index is None:
+            data, image = volumes.read_nifti(path, dtype=np.float32)
+        else:
+            data, image = volumes.read_nifti(path, dtype=np.float32, channels=spec["channels_in_file"])
+            data = data[..., index]
+        grid = grid or (path, data.shape, image.affine)
+        volumes.check_same_grid(path, data.shape, image.affine, grid)
         reference = reference or image
-        volumes.append(data)
-    stack = np.stack(volumes).transpose(3, 0, 1, 2)  # axial slices: (S, C, H, W) from (C, H, W, S)
+        stack.append(np.moveaxis(volumes.to_canonical(data, image.affine), axis, 0))
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
-    return Scan(name, "nifti", np.ascontiguousarray(stack), list(by_channel.values()), reference, voxel_ml)
+    sources = list(dict.fromkeys(path for path, _ in case.channels))
+    return Scan(case.name, "nifti", np.ascontiguousarray(np.stack(stack, axis=1)), sources, reference, voxel_ml, axis=axis)
 
 
 def _read_h5(files: list[Path], model: Model) -> Scan:
@@ -226,7 +244,8 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     files: dict[Path, object] = {}
     if scan.kind == "nifti":
         labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)
-        data = np.moveaxis(labels, 0, -1) if labels.ndim == 3 else labels.transpose(2, 3, 0, 1)
+        canonical = np.moveaxis(labels if labels.ndim == 3 else np.moveaxis(labels, 1, -1), 0, scan.axis)
+        data = volumes.from_canonical(canonical, scan.reference.affine)  # the input's own orientation
         header = scan.reference.header.copy()
         header.set_data_dtype(np.uint8)
         files[folder / f"{scan.name}_mask.nii.gz"] = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)

@@ -23,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from btseg.config import Params, PreprocessParams, available_channels, targets
+from btseg.data import volumes
 from btseg.data.base import CaseRef
-from btseg.data.registry import reader
+from btseg.data.registry import OWN_FOLDER_DATASETS, VOLUME_DATASETS, reader
 from btseg.errors import PipelineError
 from btseg.preprocessing.image import Settings, build_target, fit_to_size, prepare_image, select_slices, split_cases
 from btseg.preprocessing.quality import suspect_reasons
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 def source_version(params: Params, dataset: str) -> str:
     if params.data.source == "sample":
         return f"sample(seed={params.data.sample.seed})"
-    if dataset == "folder":
-        return f"folder({params.data.folder.path})"
+    if dataset in OWN_FOLDER_DATASETS:
+        return f"{dataset}({getattr(params.data, dataset).path})"
     options = getattr(params.data, dataset)
     return f"archive({options.archive})" if options.archive else options.kaggle_handle
 
@@ -104,6 +105,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     workers = p.workers or os.cpu_count() or 1
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
 
+    # volumes: which file holds each sequence, kept with the model so bts-predict reads the same layout
+    layout = {"layout": volumes.build_layout(raw, options).spec(options.axis)} if dataset in VOLUME_DATASETS else {}
     stored = len(channels) * (2 * p.neighbours + 1)  # 2.5D: each sequence with its neighbours
     staging = SliceWriter(out / "_all", stored, len(outputs), p.size)
     kept: list[Prepared] = []  # arrays dropped once written: only the bookkeeping stays in memory
@@ -168,6 +171,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
                          "neighbours": p.neighbours,
                          "brain_threshold": p.brain_threshold},
             "source_channels": source_channels,
+            **layout,
             "targets": outputs,
             "selection": {"tumor_free_fraction": p.tumor_free_fraction, "skip_no_brain": p.skip_no_brain,
                           "applies_to": "the train split only; val and test keep every slice",

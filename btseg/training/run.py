@@ -157,7 +157,8 @@ def build_model(name: str, train_split: SliceSet, config: TrainParams, dist: Dis
 
 def data_meta(split: SliceSet) -> dict:
     """What the model was trained on; evaluate refuses slices that differ in any of it."""
-    return {k: split.meta[k] for k in ("dataset", "source_version", "channels", "size", "normalization", "targets")}
+    keys = ("dataset", "source_version", "channels", "size", "normalization", "targets", "layout")
+    return {k: split.meta[k] for k in keys if k in split.meta}  # layout: volume datasets only
 
 
 def file_stamps(slices: Path) -> dict[str, list[int]]:

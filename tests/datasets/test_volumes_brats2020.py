@@ -1,4 +1,4 @@
-"""BraTS 2020 NIfTI reader: the sample's layout, finding cases, slicing volumes, and every bad input."""
+"""The NIfTI volume reader, BraTS 2020 preset (dataset brats2020_nifti): the sample's layout, finding cases, slicing volumes, and every bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from btseg.data import brats_nifti
+from btseg.data import volumes as brats_nifti
 from btseg.errors import PipelineError
 
 SEQUENCES = ["flair", "t1", "t1ce", "t2"]
@@ -118,7 +118,7 @@ def test_sample_rejects_a_label_it_cannot_draw(tmp_path):
 # --- finding cases ---------------------------------------------------------------------------
 
 def test_list_cases_finds_the_nested_sample_with_its_misnamed_seg(sample_root, caplog):
-    with caplog.at_level(logging.INFO, logger="btseg.data.brats_nifti"):
+    with caplog.at_level(logging.INFO, logger="btseg.data.volumes"):
         cases = brats_nifti.list_cases(sample_root, options())
     assert [c.case_id for c in cases] == [f"BraTS20_Training_{n:03d}" for n in range(1, 5)]
     first, second, last = cases[0], cases[1], cases[-1]
