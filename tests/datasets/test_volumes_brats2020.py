@@ -1,4 +1,4 @@
-"""The NIfTI volume reader, BraTS 2020 preset (dataset brats2020_nifti): the sample's layout, finding cases, slicing volumes, and every bad input."""
+"""The NIfTI volume reader, BraTS 2020 preset (dataset brats2020_nifti): the sample, cases, slicing, bad inputs."""
 
 from __future__ import annotations
 

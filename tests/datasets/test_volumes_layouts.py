@@ -214,7 +214,7 @@ def damage_missing_label_map(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("layout, damage, message", [
-    ("brats2023", damage_missing_sequence, r"BraTS-GLI-00001-000-t1c\.nii or \.nii\.gz missing \(data\.nifti\.input_channels asks for t1c\)"),
+    ("brats2023", damage_missing_sequence, r"BraTS-GLI-00001-000-t1c\.nii or \.nii\.gz missing \(data\.nifti\.input_channels asks"),
     ("nnunet", damage_other_shape, r"shape \(24, 24, 5\) differs from BRATS_002_0003\.nii\.gz \(24, 24, 6\)"),
     ("brats2021", damage_other_affine, r"affine \(voxel-to-world\) differs from BraTS2021_00001_t2\.nii\.gz's"),
     ("custom", damage_label_outside_map, r"unexpected label value\(s\) \[7\].*data\.nifti\.labels"),
