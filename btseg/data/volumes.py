@@ -484,7 +484,8 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
             names = [spec["images"][sequence].replace("{case}", case) + e for e in spec["extensions"]]
             found = next((path.parent / n for n in names if (path.parent / n).is_file() or n in by_name), None)
             if found is None:
-                problems.append(f"{path.parent}: no {names[0]} (the model expects sequences {sequences})")
+                either = names[0] + "".join(f" or {e}" for e in spec["extensions"][1:])
+                problems.append(f"{path.parent}: no {either} (the model expects sequences {sequences})")
                 break
             channels.append((found, spec["channel_index"].get(sequence)))
         else:
