@@ -128,7 +128,7 @@ BAD_PARAMS = {
     "split fraction of 1": (setting("preprocess.split", "train", 1.0), ["preprocess.split.train:", "less than 1"]),
     "unknown dataset": (
         setting("data", "datasets", ["brats2020", "brats2021"]),
-        ["data.datasets.1:", "'brats2020', 'tumor_coco', 'brats2020_nifti', 'lgg' or 'folder'", "'brats2021'"],
+        ["data.datasets.1:", "'brats2020', 'tumor_coco', 'brats2020_nifti', 'lgg', 'folder' or 'nifti'", "'brats2021'"],
     ),
     "no dataset": (setting("data", "datasets", []), ["data.datasets:", "at least 1"]),
     "duplicate dataset": (
@@ -145,7 +145,8 @@ BAD_PARAMS = {
             raw["data"]["brats2020"].__setitem__("image_channels", ["flair", "t1", "t1ce", "t2"]),
             raw["report"].__setitem__("display_channel", "t5"),
         ),
-        ["report.display_channel: expected one of ['flair', 'grey', 'post_contrast', 'pre_contrast', 't1', 't1ce', 't2'], got 't5'"],
+        ["report.display_channel: expected one of ['flair', 'grey', 'post_contrast', 'pre_contrast', 't1', 't1c', 't1ce', "
+         "'t1n', 't2', 't2f', 't2w'], got 't5'"],
     ),
     "missing key": (removing("train", "epochs"), ["train.epochs: missing; add it to params.yaml"]),
     "missing nested key": (removing("preprocess.split", "val"), ["preprocess.split.val: missing"]),

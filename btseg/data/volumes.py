@@ -321,8 +321,8 @@ def read_case(case: CaseRef, options) -> Case:
     image:   float32 (S, C, H, W), C = len(options.input_channels), in that order; values as stored
              (0 outside the brain mask, where there is one)
     regions: uint8 (S, K, H, W), 0/1, channel k is `label map in values of list(options.labels.values())[k]`
-    slice_index is 0..S-1 along the axis; source_files is the case folder (relative to case.root)
-    for every slice. Only this case's volumes are held in memory (a 4D image once).
+    slice_index is 0..S-1 along the axis; source_files is the case folder (flat layouts: the first
+    image file), relative to case.root, for every slice. Only this case's volumes are held in memory (a 4D image once).
     """
     _check_options(options)
     param = param_section(options)
@@ -371,7 +371,10 @@ def read_case(case: CaseRef, options) -> Case:
         outside = np.moveaxis(to_canonical(mask, header.affine), axis, 0) == 0
         image *= ~outside[:, None]
 
-    folder = Path(os.path.relpath(label_file.parent, case.root)).as_posix()
+    # where the slices came from: the case folder, or (flat layouts: one folder for all cases) the first image file
+    first = channels[0][0]
+    origin = label_file.parent if first.parent == label_file.parent else first
+    folder = Path(os.path.relpath(origin, case.root)).as_posix()
     slices = len(image)
     return Case(
         case_id=case.case_id,
