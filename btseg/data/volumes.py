@@ -61,6 +61,7 @@ NIFTI = (".nii", ".nii.gz")  # .nii first: where a folder holds both, the uncomp
 SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis (after reorientation) each direction cuts along
 SKIPPED_DIRS = ("__MACOSX",)  # macOS zips mirror every case folder here, full of `._` resource forks
 AFFINE_TOLERANCE_MM = 1e-3
+LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net / Decathlon label maps: never prediction inputs
 
 # Folder-per-case presets: the case folder's name, each sequence's file and the label map's, without
 # extension; {case} is the case folder's name. The numbers in the folder name order the cases.
@@ -112,10 +113,12 @@ class Layout:
     channels_in_file: int = 0  # 4D images: channels each image must hold
     extensions: tuple[str, ...] = NIFTI
 
-    def spec(self, axis: str) -> dict:
-        """The layout as the model file keeps it, for prediction: file names per sequence and the slice axis."""
-        return {"layout": self.name, "images": {s: Path(t).name for s, t in self.images.items()},
-                "channel_index": dict(self.channel_index), "channels_in_file": self.channels_in_file,
+    def spec(self, axis: str, channels: list[str]) -> dict:
+        """The layout as the model file keeps it, for prediction: the file name of each of the model's
+        input `channels`, in the model's order, and the slice axis."""
+        return {"layout": self.name, "images": {s: Path(self.images[s]).name for s in channels},
+                "channel_index": {s: self.channel_index[s] for s in channels if s in self.channel_index},
+                "channels_in_file": self.channels_in_file,
                 "extensions": list(self.extensions), "axis": axis}
 
 
@@ -471,8 +474,10 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
     """NIfTI files grouped into cases by the layout a model was trained on.
 
     A case is a file matching the first sequence's name (with {case} standing for any name) plus,
-    in the same folder, the files the other sequences' names give for that case. Returns the
-    cases as (name, [(file, 4D index or None) per sequence]) and one line per incomplete case."""
+    in the same folder, the files the other sequences' names give for that case; files in nnU-Net's
+    and the Decathlon's label folders are not inputs. Returns the cases as (name, [(file, 4D index
+    or None) per sequence]) and one line per incomplete case or folder without any case."""
+    files = [p for p in files if p.parent.name not in LABEL_FOLDERS]
     sequences = list(spec["images"])
     extensions = "(" + "|".join(map(re.escape, spec["extensions"])) + ")"
     first = re.compile(re.escape(spec["images"][sequences[0]]).replace(re.escape("{case}"), "(?P<case>[^.].*)") + extensions)

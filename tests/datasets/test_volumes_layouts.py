@@ -268,3 +268,31 @@ def test_params_accept_every_layout_and_region_labels():
     params["data"]["nifti"]["layout"] = "freesurfer"
     with pytest.raises(PipelineError, match="data.nifti.layout"):
         parse_params(params)
+
+
+# --- prediction finds the same files from the layout the model keeps ----------------------------
+
+@pytest.mark.parametrize("layout", volumes.LAYOUTS)
+def test_prediction_groups_the_files_into_the_cases_the_reader_lists(samples, layout):
+    o = options(layout)
+    spec = volumes.build_layout(samples[layout], o).spec(o.axis, o.input_channels)  # input order: sequences reversed
+    spec = json.loads(json.dumps(spec))  # as stored in meta.json and the model file
+    listed = {case.case_id: case.extra["channels"] for case in volumes.list_cases(samples[layout], o)}
+    files = [p for p in samples[layout].rglob("*.nii*") if not p.name.startswith(".")]
+    grouped, problems = volumes.group_cases(files, spec)
+    assert problems == []  # labelsTr/ holds no inputs; every case folder is complete
+    assert {name: [tuple(c) for c in channels] for name, channels in grouped} == listed
+    assert [Path(channels[0][0]).name for _, channels in grouped][:1] == [
+        {"brats2020": "BraTS20_Training_001_t2.nii", "brats2021": "BraTS2021_00000_t2.nii.gz",
+         "brats2023": "BraTS-GLI-00000-000-t2w.nii.gz", "nnunet": "BRATS_001_0003.nii.gz", "decathlon": "BRATS_001.nii.gz",
+         "custom": "patient01_T2.nii.gz"}[layout]]  # the model's first channel (T2: input_channels reversed)
+
+
+def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(next(samples["brats2023"].rglob("BraTS-GLI-00000-000-seg.nii.gz")), folder / "other_name.nii.gz")
+    spec = volumes.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
+    cases, problems = volumes.group_cases(sorted(folder.iterdir()), spec)
+    assert cases == [] and problems == [f"{folder}: no NIfTI file named like {{case}}-t2f.nii (the model was trained on "
+                                        f"layout brats2023, sequences {NAMES['brats2023']})"]

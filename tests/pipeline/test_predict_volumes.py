@@ -20,6 +20,7 @@ run = run_in
 
 SEQUENCES = {"nnunet": ["FLAIR", "T1w", "t1gd", "T2w"], "decathlon": ["FLAIR", "T1w", "t1gd", "T2w"],
              "brats2023": ["t1c", "t1n", "t2f", "t2w"]}
+INPUTS = {"brats2023": ["t2f", "t2w", "t1c"]}  # a subset, in another order than the files' sequences
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def projects(tmp_path_factory) -> dict[str, Path]:
         root = tmp_path_factory.mktemp(layout)
         params = tiny_params()
         params["data"]["datasets"] = ["nifti"]
-        params["data"]["nifti"].update(layout=layout, sequences=sequences, input_channels=sequences)
+        params["data"]["nifti"].update(layout=layout, sequences=sequences, input_channels=INPUTS.get(layout, sequences))
         params["data"]["sample"]["nifti"].update(cases=6, slices_per_case=6, size=32)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for stage in ("download", "preprocess"):
@@ -95,9 +96,10 @@ def test_brats2023_case_missing_a_sequence_is_one_line_and_others_still_run(proj
     cases = sorted(p for p in next(project.glob("data/raw/nifti/*")).iterdir() if p.is_dir())
     broken = tmp_path / "inputs" / cases[1].name
     shutil.copytree(cases[1], broken)
-    next(broken.glob("*-t1n.nii.gz")).unlink()
+    next(broken.glob("*-t2w.nii.gz")).unlink()
     result = predict(project, str(cases[0]), str(broken), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {broken}: no {cases[1].name}-t1n.nii or .nii.gz (the model expects sequences {SEQUENCES['brats2023']})"]
-    assert (tmp_path / "out" / f"{cases[0].name}_mask.nii.gz").is_file()
+    assert errors == [f"error: {broken}: no {cases[1].name}-t2w.nii or .nii.gz (the model expects sequences {INPUTS['brats2023']})"]
+    summary = json.loads((tmp_path / "out" / f"{cases[0].name}_summary.json").read_text())
+    assert summary["input"] == [str(cases[0] / f"{cases[0].name}-{s}.nii.gz") for s in INPUTS["brats2023"]]  # the model's order
