@@ -166,8 +166,9 @@ def _flat_layout(name: str, param: str, root: Path, options, mask: str) -> Layou
         raise PipelineError(f"{path}: unreadable dataset.json ({one_line(error, 120)})") from None
     key = "channel_names" if name == "nnunet" else "modality"
     names = meta.get(key) if isinstance(meta, dict) else None
-    if not isinstance(names, dict) or not names:
-        raise PipelineError(f"{path}: no '{key}' mapping; layout {name} needs it (e.g. {{\"0\": \"FLAIR\"}})")
+    if not isinstance(names, dict) or not names or not all(str(number).isdigit() for number in names):
+        raise PipelineError(f"{path}: no '{key}' mapping of channel numbers to names; layout {name} needs it "
+                            '(e.g. {"0": "FLAIR", "1": "T1w"})')
     index = {str(value): int(number) for number, value in names.items()}
     unknown = [s for s in options.sequences if s not in index]
     if unknown:

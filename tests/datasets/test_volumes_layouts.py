@@ -261,6 +261,18 @@ def test_flat_layout_without_dataset_json_says_so(tmp_path, samples):
         read_all(root, options("nnunet"))
 
 
+@pytest.mark.parametrize("channels", [None, {}, {"first": "FLAIR"}, ["FLAIR"]])
+def test_dataset_json_without_a_channel_mapping_says_so(tmp_path, samples, channels):
+    root = tmp_path / "nnunet"
+    shutil.copytree(samples["nnunet"], root)
+    path = root / "nnUNet_raw/Dataset001_BrainTumour/dataset.json"
+    meta = json.loads(path.read_text())
+    meta["channel_names"] = channels
+    path.write_text(json.dumps(meta))
+    with pytest.raises(PipelineError, match=f"{path}: no 'channel_names' mapping of channel numbers to names"):
+        read_all(root, options("nnunet"))
+
+
 def test_params_accept_every_layout_and_region_labels():
     params = default_params()
     params["data"]["nifti"].update(layout="nnunet", labels={"whole_tumor": [1, 2, 3], "enhancing": 3})
