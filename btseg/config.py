@@ -401,7 +401,17 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key; {hint}expected one of: {', '.join(known)}"
     if kind == "missing":
         return f"{key}: missing; add it to params.yaml"
-    return f"{key}: {error['msg'].lower()} (got {error.get('input')!r})"
+    got = error.get("input")
+    layout = got.lower() if isinstance(got, str) else ""
+    if error["loc"][:2] == ("data", "datasets") and layout in VOLUME_LAYOUT_HINTS:
+        return (f"{key}: {error['msg'].lower()} (got {got!r}); a {VOLUME_LAYOUT_HINTS[layout]} dataset is read by "
+                f"dataset 'nifti' with data.nifti.layout: {layout}")
+    return f"{key}: {error['msg'].lower()} (got {got!r})"
+
+
+# dataset names people try that are layouts of the `nifti` dataset
+VOLUME_LAYOUT_HINTS = {"brats2021": "BraTS 2021", "brats2023": "BraTS 2023", "nnunet": "nnU-Net raw",
+                       "decathlon": "Medical Segmentation Decathlon"}
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

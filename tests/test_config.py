@@ -128,8 +128,10 @@ BAD_PARAMS = {
     "split fraction of 1": (setting("preprocess.split", "train", 1.0), ["preprocess.split.train:", "less than 1"]),
     "unknown dataset": (
         setting("data", "datasets", ["brats2020", "brats2021"]),
-        ["data.datasets.1:", "'brats2020', 'tumor_coco', 'brats2020_nifti', 'lgg', 'folder' or 'nifti'", "'brats2021'"],
+        ["data.datasets.1:", "'brats2020', 'tumor_coco', 'brats2020_nifti', 'lgg', 'folder' or 'nifti'", "'brats2021'",
+         "a BraTS 2021 dataset is read by dataset 'nifti' with data.nifti.layout: brats2021"],
     ),
+    "misspelt dataset": (setting("data", "datasets", ["lgq"]), ["data.datasets.0:", "(got 'lgq')"]),
     "no dataset": (setting("data", "datasets", []), ["data.datasets:", "at least 1"]),
     "duplicate dataset": (
         setting("data", "datasets", ["brats2020", "tumor_coco", "brats2020"]),
