@@ -1,0 +1,56 @@
+"""Validation Dice per epoch of several runs on one chart, with each run's largest epoch-to-epoch drop:
+the figure behind the stability ablation in docs/results.md.
+
+    python benchmarks/ablation_curves.py --out docs/figures/lgg_stability.png --epochs 12 \\
+        "recipe=/work/lgg-run2" "per-image Dice=/work/abl-image" ...
+
+Each RUN folder is a project folder after the train stage; its dvclive log
+(dvclive/<dataset>/<model>/plots/metrics/val_case_dice.tsv) is read. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_FOLDER")
+    parser.add_argument("--dataset", default="lgg")
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--epochs", type=int, default=0, help="first N epochs of each run (0 = all)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    figure, axis = plt.subplots(figsize=(8, 4.2))
+    print("| run | epochs | val Dice (first -> last) | largest drop between two epochs | epochs of that drop |")
+    print("|---|---|---|---|---|")
+    for spec in args.runs:
+        label, _, folder = spec.partition("=")
+        log = Path(folder) / "dvclive" / args.dataset / args.model / "plots/metrics/val_case_dice.tsv"
+        curve = pd.read_csv(log, sep="\t")
+        if args.epochs:
+            curve = curve[curve.step < args.epochs]
+        epochs, dice = curve.step.to_numpy() + 1, curve.val_case_dice.to_numpy()
+        drops = dice[:-1] - dice[1:]
+        worst = int(drops.argmax())
+        axis.plot(epochs, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
+        print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} | {epochs[worst]} -> {epochs[worst] + 1} |")
+    axis.set(xlabel="epoch", ylabel="validation per-case Dice", ylim=(0, 1), title="LGG, second split: validation Dice per epoch")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=110)
+    print(f"figure: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
