@@ -291,7 +291,7 @@ def _file(layout: Layout, folder: Path, case_id: str, template: str, why: str) -
         if path.is_file():
             return path
     either = layout.extensions[0] + ("".join(f" or {e}" for e in layout.extensions[1:]))
-    raise PipelineError(f"{folder}: {stem}{either} missing ({why}); re-run the download stage or change the params")
+    raise PipelineError(f"{folder / stem}{either} missing ({why}); re-run the download stage or change the params")
 
 
 def _label_file(layout: Layout, folder: Path, case_id: str, options) -> Path:
@@ -304,7 +304,7 @@ def _label_file(layout: Layout, folder: Path, case_id: str, options) -> Path:
     except PipelineError:
         if layout.name != "brats2020":
             stem = layout.label.replace("{case}", case_id)
-            raise PipelineError(f"{folder}: {stem}{layout.extensions[0]} missing (the label map of case {case_id}); "
+            raise PipelineError(f"{folder / stem}{layout.extensions[0]} missing (the label map of case {case_id}); "
                                 f"{inference_only}") from None
     sequences = {f"{case_id}_{s}{e}" for s in (*options.sequences, *STANDARD_SEQUENCES) for e in NIFTI}
     others = sorted(

@@ -308,3 +308,65 @@ def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
     cases, problems = volumes.group_cases(sorted(folder.iterdir()), spec)
     assert cases == [] and problems == [f"{folder}: no NIfTI file named like {{case}}-t2f.nii (the model was trained on "
                                         f"layout brats2023, sequences {NAMES['brats2023']})"]
+
+
+# --- every bad input in every layout ------------------------------------------------------------
+
+def rewrite(path: Path, change) -> None:
+    """Save the file again with its data and affine passed through `change(data, affine)`."""
+    image = nib.load(path)
+    data, affine = change(np.asanyarray(image.dataobj).copy(), image.affine.copy())
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def shifted(data, affine):
+    affine[:3, 3] += 1.5  # 1.5 mm off: not the same grid
+    return data, affine
+
+
+def one_slice_short(data, affine):
+    return data[:, :, :-1], affine
+
+
+def label_seven(data, affine):
+    data[0, 0, 0] = 7
+    return data, affine
+
+
+@pytest.mark.parametrize("damage", ["missing sequence", "other shape", "other affine", "label outside the map"])
+@pytest.mark.parametrize("layout", volumes.LAYOUTS)
+def test_every_layout_names_the_file_of_each_bad_input(tmp_path, samples, layout, damage):
+    """The second case's file is damaged: for a sequence, the second input channel read (the first is the
+    grid every other volume is checked against); in the Decathlon's 4D image every sequence shares one
+    file, so its label map is put off the grid instead."""
+    root = tmp_path / layout
+    shutil.copytree(samples[layout], root)
+    o = options(layout)
+    case = volumes.list_cases(root, o)[1]
+    sequence_file = case.extra["channels"][1][0]
+    four_d = layout == "decathlon"
+    if damage == "missing sequence":
+        target = sequence_file
+        if four_d:  # one file holds every sequence: a sequence missing is a 4D image with one channel fewer
+            rewrite(target, lambda data, affine: (data[..., :3], affine))
+            message = "expected 4D with 4 channels"
+        else:
+            target.unlink()
+            message = f"{Path(target.name.split('.nii')[0])}.nii.*missing"
+    elif damage == "other shape":
+        target = case.extra["label"] if four_d else sequence_file
+        rewrite(target, one_slice_short)
+        message = r"shape \(24, 24, 5\) differs from"
+    elif damage == "other affine":
+        target = case.extra["label"] if four_d else sequence_file
+        rewrite(target, shifted)
+        message = r"affine \(voxel-to-world\) differs from"
+    else:
+        target = case.extra["label"]
+        rewrite(target, label_seven)
+        message = r"unexpected label value\(s\) \[7\]"
+    with pytest.raises(PipelineError, match=message) as error:
+        read_all(root, o)
+    shown = str(error.value)
+    assert shown.startswith(f"{target}:") or shown.startswith(str(target).split(".nii")[0] + ".nii")  # "...nii or .nii.gz"
+    assert "\n" not in shown
