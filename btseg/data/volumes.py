@@ -482,7 +482,6 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
     sequences = list(spec["images"])
     extensions = "(" + "|".join(map(re.escape, spec["extensions"])) + ")"
     first = re.compile(re.escape(spec["images"][sequences[0]]).replace(re.escape("{case}"), "(?P<case>[^.].*)") + extensions)
-    by_name = {p.name: p for p in files}
     cases, problems = [], []
     for path in sorted(files):
         match = first.fullmatch(path.name)
@@ -491,7 +490,7 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
         case, channels = match["case"], []
         for sequence in sequences:
             names = [spec["images"][sequence].replace("{case}", case) + e for e in spec["extensions"]]
-            found = next((path.parent / n for n in names if (path.parent / n).is_file() or n in by_name), None)
+            found = next((path.parent / n for n in names if (path.parent / n).is_file()), None)  # beside the first
             if found is None:
                 either = names[0] + "".join(f" or {e}" for e in spec["extensions"][1:])
                 problems.append(f"{path.parent}: no {either} (the model expects sequences {sequences})")

@@ -300,6 +300,18 @@ def test_prediction_groups_the_files_into_the_cases_the_reader_lists(samples, la
          "custom": "patient01_T2.nii.gz"}[layout]]  # the model's first channel (T2: input_channels reversed)
 
 
+def test_prediction_takes_a_case_files_from_its_own_folder_only(tmp_path, samples):
+    """Two copies of a case, one lacking a sequence: the complete copy's file must not stand in for it."""
+    case = next(p for p in samples["brats2023"].rglob("BraTS-GLI-00001-000") if p.is_dir())
+    broken = tmp_path / "broken" / case.name
+    shutil.copytree(case, broken)
+    next(broken.glob("*-t1n.nii.gz")).unlink()
+    spec = volumes.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
+    cases, problems = volumes.group_cases(sorted(case.iterdir()) + sorted(broken.iterdir()), spec)
+    assert [[path.parent for path, _ in channels] for _, channels in cases] == [[case] * 4]
+    assert problems == [f"{broken}: no {case.name}-t1n.nii or .nii.gz (the model expects sequences {NAMES['brats2023']})"]
+
+
 def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
     folder = tmp_path / "scans"
     folder.mkdir()
