@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from btseg.data.base import MAX_LABEL_VALUE
 from btseg.data.registry import DATASET_NAMES
+from btseg.data.volumes import LAYOUTS
 from btseg.errors import PipelineError, one_line
 from btseg.models import MODELS
 from btseg.training.losses import LOSSES
@@ -65,7 +66,7 @@ class BratsNiftiParams(Section):
 
 class NiftiParams(Section):
     path: str  # the user's dataset folder, used when data.source is not sample
-    layout: Literal["brats2020", "brats2021", "brats2023", "nnunet", "decathlon", "custom"]
+    layout: Literal[LAYOUTS]
     case_pattern: str  # custom: regex of the case folders' names
     files: dict[str, str]  # custom: sequence -> file template relative to the case folder ({case} = its name)
     label_file: str  # custom: the label map's template ("" = none: prediction only)

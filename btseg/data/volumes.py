@@ -253,12 +253,17 @@ def _case_files(layout: Layout, options) -> list[tuple[str, Path]]:
         return [(folder.name, folder) for folder in _case_folders(layout.base, layout.case_folder)]
     template = layout.images[options.input_channels[0]]
     folder = layout.base / Path(template).parent
-    pattern = re.compile(re.escape(Path(template).name).replace(re.escape("{case}"), "(?P<case>[^.].*)")
-                         + "(" + "|".join(map(re.escape, layout.extensions)) + ")")
+    pattern = _name_pattern(Path(template).name, layout.extensions)
     if not folder.is_dir():
         return []
     ids = sorted({m["case"] for p in folder.iterdir() if p.is_file() and (m := pattern.fullmatch(p.name))})
     return [(case_id, layout.base) for case_id in ids]
+
+
+def _name_pattern(template: str, extensions) -> re.Pattern:
+    """File names a template gives for any case ({case} = a name not starting with a dot, as macOS forks do)."""
+    return re.compile(re.escape(template).replace(re.escape("{case}"), "(?P<case>[^.].*)")
+                      + "(" + "|".join(map(re.escape, extensions)) + ")")
 
 
 def _case_folders(root: Path, pattern: str) -> list[Path]:
@@ -336,25 +341,12 @@ def read_case(case: CaseRef, options) -> Case:
         raise PipelineError(f"case {case.case_id}: {len(channels)} image files but {param}.input_channels has "
                             f"{len(options.input_channels)}; list the cases again with the same params")
     image = reference = None
-    four_d: dict[Path, np.ndarray] = {}
-    for channel, (path, index) in enumerate(channels):
-        if index is None:
-            volume, header = read_nifti(path, dtype=np.float32)
-        else:
-            if path not in four_d:
-                four_d.clear()  # one 4D image in memory at a time
-                four_d[path], header = read_nifti(path, dtype=np.float32, channels=case.extra["channels_in_file"])
-            volume = four_d[path][..., index]
-        reference = reference or (path, volume.shape, header.affine)
-        check_same_grid(path, volume.shape, header.affine, reference)
-        volume = to_canonical(volume, header.affine)
+    for channel, (path, volume, source) in enumerate(iter_volumes(channels, case.extra["channels_in_file"])):
+        reference = reference or (path, source.shape[:3], source.affine)  # the grid the label map must share
         if image is None:
             image = np.empty((volume.shape[axis], len(channels)) + _in_plane(volume.shape, axis), np.float32)
-        if not np.isfinite(volume).all():
-            raise PipelineError(f"{path}: holds NaN or infinite voxels; the file is corrupt, re-run the download stage")
         image[:, channel] = np.moveaxis(volume, axis, 0)
         del volume  # keep one volume of scratch memory, not one per channel
-    four_d.clear()
 
     label_file = case.extra["label"]
     seg, header = read_nifti(label_file)
@@ -389,6 +381,25 @@ def read_case(case: CaseRef, options) -> Case:
         slice_index=np.arange(slices),
         source_files=(folder,) * slices,
     )
+
+
+def iter_volumes(channels: list[tuple[Path, int | None]], channels_in_file: int):
+    """Each (file, 4D index or None) in turn as (file, volume in canonical orientation, its image),
+    every volume checked to lie on the first one's grid and to hold finite values; a 4D image is read
+    once for all its channels. Used by preprocess and predict alike."""
+    grid = held = None  # held: (file, array, image) of the 4D image in hand
+    for path, index in channels:
+        if index is None:
+            volume, image = read_nifti(path, dtype=np.float32)
+        else:
+            if held is None or held[0] != path:
+                held = (path, *read_nifti(path, dtype=np.float32, channels=channels_in_file))
+            volume, image = held[1][..., index], held[2]
+        grid = grid or (path, volume.shape, image.affine)
+        check_same_grid(path, volume.shape, image.affine, grid)
+        if not np.isfinite(volume).all():
+            raise PipelineError(f"{path}: holds NaN or infinite voxels; the file is corrupt, re-run the download stage")
+        yield path, to_canonical(volume, image.affine), image
 
 
 def to_canonical(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -480,13 +491,13 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
     or None) per sequence]) and one line per incomplete case or folder without any case."""
     files = [p for p in files if p.parent.name not in LABEL_FOLDERS]
     sequences = list(spec["images"])
-    extensions = "(" + "|".join(map(re.escape, spec["extensions"])) + ")"
-    first = re.compile(re.escape(spec["images"][sequences[0]]).replace(re.escape("{case}"), "(?P<case>[^.].*)") + extensions)
-    cases, problems = [], []
+    first = _name_pattern(spec["images"][sequences[0]], spec["extensions"])
+    cases, problems, seen = [], [], set()
     for path in sorted(files):
         match = first.fullmatch(path.name)
         if not match or path.name.endswith(("_mask.nii.gz", "_mask.nii")):
             continue
+        seen.add(path.parent)
         case, channels = match["case"], []
         for sequence in sequences:
             names = [spec["images"][sequence].replace("{case}", case) + e for e in spec["extensions"]]
@@ -498,19 +509,16 @@ def group_cases(files: list[Path], spec: dict) -> tuple[list[tuple[str, list[tup
             channels.append((found, spec["channel_index"].get(sequence)))
         else:
             cases.append((case, channels))
-    placed = {path.parent for _, channels in cases for path, _ in channels} | {line.split(": ")[0] for line in problems}
-    for folder in sorted({p.parent for p in files} - placed):
-        if str(folder) not in placed:
-            problems.append(f"{folder}: no NIfTI file named like {spec['images'][sequences[0]]}{spec['extensions'][0]} "
-                            f"(the model was trained on layout {spec['layout']}, sequences {sequences})")
+    for folder in sorted({p.parent for p in files} - seen):
+        problems.append(f"{folder}: no NIfTI file named like {spec['images'][sequences[0]]}{spec['extensions'][0]} "
+                        f"(the model was trained on layout {spec['layout']}, sequences {sequences})")
     return cases, problems
 
 
 # --- samples -----------------------------------------------------------------------------------
 
 def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: list[str], labels: dict[str, int], seed: int,
-                 layout: str = "brats2020", files: dict[str, str] | None = None, label_file: str = "",
-                 case_pattern: str = "") -> None:
+                 layout: str = "brats2020", files: dict[str, str] | None = None, label_file: str = "") -> None:
     """A dataset in `layout`'s real form, drawn from the phantom; deterministic per seed.
 
     brats2020 (the `brats2020_nifti` sample): `root/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/
@@ -531,7 +539,6 @@ def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: li
     data_dir.mkdir(parents=True)
     case_ids = _sample_case_ids(layout, cases)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) if layout == "nnunet" else np.eye(4)
-    four_d = []
     for number, case_id in enumerate(tqdm(case_ids, desc=f"sample {layout}", unit="case"), start=1):
         volumes, seg = _draw_case(rng, size, depth, names, labels)
         if layout == "nnunet":  # stored LPS: the canonical (RAS) array flipped on its first two axes
@@ -558,13 +565,12 @@ def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: li
         else:  # decathlon: one 4D float image per case
             _save(np.stack(list(volumes.values()), axis=-1).astype(np.float32), data_dir / "imagesTr" / f"{case_id}.nii.gz")
             _save(seg, data_dir / "labelsTr" / f"{case_id}.nii.gz")
-            four_d.append(case_id)
     if layout == "brats2020":
         _brats2020_tables(data_dir, case_ids, rng)
     elif layout in ("nnunet", "decathlon"):
         _dataset_json(data_dir, layout, sequences, labels, case_ids)
         if layout == "decathlon":  # the real archive carries macOS resource forks beside the images
-            (data_dir / "imagesTr" / f"._{four_d[0]}.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
+            (data_dir / "imagesTr" / f"._{case_ids[0]}.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
 
 
 def _sample_case_ids(layout: str, cases: int) -> list[str]:

@@ -175,20 +175,13 @@ def read_scan(group: Path | list[Path] | VolumeCase, model: Model) -> Scan:
 
 
 def _read_volumes(case: VolumeCase, model: Model) -> Scan:
-    """The case's volumes in canonical orientation, sliced along the training axis (the dataset reader's checks)."""
+    """The case's volumes in canonical orientation, sliced along the training axis (the dataset reader's code and checks)."""
     spec = model.layout
     axis = volumes.SLICE_AXIS[spec["axis"]]
-    stack, reference, grid = [], None, None
-    for path, index in case.channels:
-        if index is None:
-            data, image = volumes.read_nifti(path, dtype=np.float32)
-        else:
-            data, image = volumes.read_nifti(path, dtype=np.float32, channels=spec["channels_in_file"])
-            data = data[..., index]
-        grid = grid or (path, data.shape, image.affine)
-        volumes.check_same_grid(path, data.shape, image.affine, grid)
+    stack, reference = [], None
+    for _, volume, image in volumes.iter_volumes(list(case.channels), spec["channels_in_file"]):
         reference = reference or image
-        stack.append(np.moveaxis(volumes.to_canonical(data, image.affine), axis, 0))
+        stack.append(np.moveaxis(volume, axis, 0))
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
     sources = list(dict.fromkeys(path for path, _ in case.channels))
     return Scan(case.name, "nifti", np.ascontiguousarray(np.stack(stack, axis=1)), sources, reference, voxel_ml, axis=axis)
