@@ -71,6 +71,9 @@ def test_cuda_requested_without_gpu_is_an_error_naming_the_param(monkeypatch):
 def test_early_stopping_stops_after_patience_epochs_without_gain():
     train, val = circles(16, seed=1), circles(8, seed=2)
     model = create_model("unet", in_channels=1, base_channels=4, depth=2)
+    for module in model.modules():  # batch-norm running statistics move without any learning rate: hold them
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
     # a learning rate too small to move validation Dice: only epoch 1 counts as a gain
     config = train_config(epochs=20, batch_size=8, learning_rate=1e-9, early_stopping_patience=2, optimizer="sgd", momentum=0.0)
     result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
