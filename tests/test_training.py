@@ -41,11 +41,14 @@ def circles(count: int, seed: int, size: int = 32) -> SliceSet:
 def test_fit_learns_circles_and_keeps_the_best_epoch(device):
     torch.set_num_threads(2)
     train, val = circles(48, seed=1), circles(16, seed=2)
+    # initial weights from a fixed seed, not from whatever earlier tests left in the global generator;
+    # ten epochs clear 0.8 for every one of 30 initial seeds tried (lowest 0.979), six did not (lowest 0.69)
+    torch.manual_seed(0)
     model = create_model("unet", in_channels=1, base_channels=8, depth=2)
     before = case_scores(predict_probabilities(model, val.images, torch.device("cpu")), val, 0.5)[0]
-    config = train_config(epochs=6, batch_size=8, learning_rate=0.01, dice_weight=0.5, seed=0)
+    config = train_config(epochs=10, batch_size=8, learning_rate=0.01, dice_weight=0.5, seed=0)
     result = fit(model, train, val, config, threshold=0.5, device=torch.device(device))
-    assert list(result.history.epoch) == [1, 2, 3, 4, 5, 6]
+    assert list(result.history.epoch) == list(range(1, 11))
     assert result.best_val_dice == result.history.val_case_dice.max()
     assert result.best_epoch == int(result.history.val_case_dice.idxmax()) + 1
     assert result.best_val_dice > max(0.8, before)
