@@ -76,6 +76,10 @@ def test_repro_writes_metrics_for_every_dataset_and_model(project):
             for name in ("missed_tumors.png", "false_alarms.png", "best_cases.png", "analysis.png",
                          "dice_vs_size.csv", "case_dice.csv", "pr_curve.csv", "evaluation/per_case.csv"):
                 assert (project / "reports" / dataset / model / name).is_file(), name
+    # the summary: each pair's per-case Dice, read back from its own file (not recomputed)
+    summary = json.loads((project / "dice.json").read_text())
+    assert summary == {dataset: {model: json.loads((project / "metrics" / dataset / f"{model}.json").read_text())["per_case"]["dice"]
+                                 for model in ("unet", "resunet")} for dataset in ("brats2020", "tumor_coco")}
     assert "up to date" in sh(project, "dvc", "status").stdout.lower() or sh(project, "dvc", "status").stdout.strip() == ""
 
 
@@ -154,8 +158,17 @@ def test_mistyped_set_param_is_refused(project):
     sh(project, "git", "checkout", "-q", "--", "params.yaml")
 
 
+def summaries(shown) -> list[dict]:
+    """dice.json of every row of `dvc exp show --json` (baselines and experiments), in row order."""
+    rows = []
+    for baseline in shown:
+        for state in [baseline] + [rev for exp in baseline.get("experiments") or [] for rev in exp["revs"]]:
+            rows.append(state["data"]["metrics"]["dice.json"]["data"])
+    return rows
+
+
 def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
-    for setting in ("train.epochs=3", "train.learning_rate=0.01"):
+    for setting in ("train.epochs=3", "data.sample.seed=5"):  # other sample data: every pair's Dice moves
         sh(project, "dvc", "exp", "run", "--queue", "--set-param", setting)
     sh(project, "dvc", "queue", "start", "--jobs", "1")
     deadline = time.time() + 600
@@ -168,9 +181,33 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
-    assert "0.01" in text and text.count("per_case") >= 3  # baseline and both experiments carry metrics
-    sh(project, "dvc", "queue", "stop", check=False)
+    assert '"seed": 5' in text.replace(" ", "").replace('"seed":5', '"seed": 5')
+    assert text.count("per_case") >= 3  # baseline and both experiments carry metrics
+    rows = summaries(shown)
+    assert len(rows) >= 4  # workspace, baseline, two experiments
+    pairs = [(d, m) for d in ("brats2020", "tumor_coco") for m in ("unet", "resunet")]
+    assert all(len({row[d][m] for row in rows}) > 1 for d, m in pairs), rows  # so --only-changed keeps all four
 
+    # an ordinary terminal: the table fits 200 columns with every dataset x model's per-case Dice in it
+    env = {"COLUMNS": "200", "LINES": "50"}
+    table = sh(project, "dvc", "exp", "show", "--only-changed", "--no-pager", env_extra=env).stdout
+    lines = table.splitlines()
+    assert lines and max(len(line) for line in lines) <= 200, table
+    header = next(line for line in lines if "Experiment" in line).split()
+    columns = [f"{d}.{m}" for d, m in pairs]
+    assert columns[0] in header, table
+    first = header.index(columns[0])  # after Experiment, Created (and State, Executor for queued runs)
+    assert header[first:first + 4] == columns and not any(name.startswith("metrics/") for name in header[:first]), table
+    printed = [" ".join(line.split()) for line in lines]
+    for row in rows:  # every row's four values side by side, as DVC prints them (5 significant digits)
+        values = " ".join(f"{row[d][m]:.5g}" for d, m in pairs)
+        assert any(values in line for line in printed), (values, table)
+    # and the README's narrower table: the Dice and the params that changed
+    table = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", "metrics/.*", "--no-pager", env_extra=env).stdout
+    lines = table.splitlines()
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert max(len(line) for line in lines) <= 200 and {"train.epochs", "data.sample.seed"} <= set(header), table
+    sh(project, "dvc", "queue", "stop", check=False)
 
 
 def test_second_machine_pulls_from_a_remote_and_has_nothing_to_rerun(project, tmp_path):
