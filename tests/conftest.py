@@ -53,8 +53,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def restore_rng_state():
-    """Tests that seed or draw random numbers do not change what later tests see."""
+    """Every test starts from the same seeds, whatever ran before it (session fixtures draw random
+    numbers too, so the order of tests would otherwise change initial weights); and what a test
+    draws does not change what later tests see."""
     python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
     yield
     random.setstate(python_state)
     np.random.set_state(numpy_state)
