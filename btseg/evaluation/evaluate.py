@@ -1,7 +1,10 @@
 """The `evaluate` stage's library: test-split metrics of a model file, and the tables behind them.
 
 The decision threshold is either chosen on the val split (evaluate.threshold_from=validation: the
-evaluate.threshold_grid value with the best mean per-case Dice) or fixed (evaluate.threshold).
+evaluate.threshold_grid value with the best mean per-case Dice) or fixed (evaluate.threshold); the
+train stage makes that choice (and the post-processing one) with the same function and stores it in
+the model file, and the metrics use the model file's, as bts-predict does; the sweeps beside them
+are recomputed here.
 Beside the metrics JSON (headline numbers only), the evaluation folder gets:
 - per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.evaluation.metrics);
 - pr_curve.csv: pooled test precision / recall / Dice per threshold and target;
@@ -24,7 +27,7 @@ import pandas as pd
 from btseg.config import EvaluateParams, Params
 from btseg.errors import PipelineError
 from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets, headline
-from btseg.evaluation.postprocess import apply_rule, choose_postprocess
+from btseg.evaluation.postprocess import NONE, apply_rule, choose_postprocess
 from btseg.evaluation.thresholds import choose_threshold, precision_recall_curve
 from btseg.fileio import atomic_dir, write_json
 from btseg.inference.batched import pick_device, predict_probabilities, set_threads
@@ -56,6 +59,7 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
 
     val_probabilities = predict(data["val"].images) if "val" in data else None
     threshold, sweep, rule, rules = decide(val_probabilities, data.get("val"), settings)
+    threshold, rule = from_model_file(contents, model_file, threshold, rule)
     probabilities = predict(test.images)
     predicted = apply_rule(probabilities > threshold, test.index, rule)
     per_slice, per_case, metrics = evaluate_targets(predicted, test.masks, test.index, targets,
@@ -106,6 +110,19 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None,
         log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
                  rules.case_dice.max(), rules.case_dice.iloc[0])
     return threshold, sweep, rule, rules
+
+
+def from_model_file(contents: dict, model_file: Path, threshold: float, rule: str) -> tuple[float, str]:
+    """The threshold and post-processing rule the model file carries, which bts-predict applies: the
+    metrics describe what prediction does. Train chose them on the same val split with the same
+    evaluate params (dvc.yaml lists them for train), so they differ from this run's choice only on a
+    near tie, where recomputed probabilities round differently; that is logged."""
+    stored_threshold = float(contents.get("threshold", threshold))
+    stored_rule = str(contents.get("postprocess", NONE))
+    if (stored_threshold, stored_rule) != (threshold, rule):
+        log.info("threshold %.2f and post-processing %s from %s (chosen by train on the same val split; "
+                 "recomputed here: %.2f, %s, a near tie)", stored_threshold, stored_rule, model_file, threshold, rule)
+    return stored_threshold, stored_rule
 
 
 def check_trained_on(split: SliceSet, contents: dict, model_file: Path, slices: Path) -> None:

@@ -81,6 +81,40 @@ def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
     assert model.threshold == settings["threshold"]  # the model file carries the threshold evaluate used
 
 
+def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(project, tmp_path):
+    """bts-predict applies the model file's threshold and post-processing; the metrics must describe
+    the same (evaluate used to choose again on the val split, and a near tie could differ)."""
+    from tests.conftest import REPO, tiny_params
+
+    contents = torch.load(project / "models/brats2020/unet/model.pt", map_location="cpu", weights_only=True)
+    chosen = json.loads((project / "reports/brats2020/unet/evaluation/settings.json").read_text())
+    assert chosen["threshold"] == contents["threshold"] and chosen["postprocess"] == contents["postprocess"]
+    other = next(t for t in reversed(tiny_params()["evaluate"]["threshold_grid"]) if t != contents["threshold"])
+    rule = "keep_largest" if contents["postprocess"] != "keep_largest" else "none"
+    contents.update(threshold=other, postprocess=rule)
+    torch.save(contents, tmp_path / "model.pt")
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--model-file", str(tmp_path / "model.pt"),
+                             "--slices", "data/slices/brats2020", "--metrics", str(tmp_path / "metrics.json"),
+                             "--evaluation", str(tmp_path / "evaluation")], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "evaluation" / "settings.json").read_text())
+    assert (settings["threshold"], settings["postprocess"]) == (other, rule)
+    assert json.loads((tmp_path / "metrics.json").read_text())["threshold"] == other
+    assert f"threshold {other:.2f} and post-processing {rule} from" in result.stderr
+    # and the per-case scores are those of that threshold and rule: recomputed from the saved probabilities
+    from btseg.evaluation.metrics import evaluate_targets
+    from btseg.evaluation.postprocess import apply_rule
+    from btseg.preprocessing.slices import load_split
+
+    test = load_split(project / "data/slices/brats2020", "test")
+    probabilities = np.load(tmp_path / "evaluation" / "probabilities.npy").astype(np.float32)
+    _, per_case, _ = evaluate_targets(apply_rule(probabilities > other, test.index, rule), test.masks, test.index,
+                                      list(test.meta["targets"]))
+    saved = pd.read_csv(tmp_path / "evaluation" / "per_case.csv", dtype={"case_id": str})
+    np.testing.assert_allclose(saved.dice.to_numpy(), per_case.dice.to_numpy(), atol=1e-5)
+
+
 def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
     images = realdata_coco / "test"
     result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(images), "--out", str(tmp_path))
