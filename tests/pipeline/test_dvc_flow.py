@@ -158,16 +158,20 @@ def test_mistyped_set_param_is_refused(project):
     sh(project, "git", "checkout", "-q", "--", "params.yaml")
 
 
-def summaries(shown) -> list[dict]:
-    """dice.json of every row of `dvc exp show --json` (baselines and experiments), in row order."""
+def summaries(shown, pairs: list[tuple[str, str]]) -> list[dict]:
+    """dice.json of every row of `dvc exp show --json` (baselines and experiments) that scored all
+    `pairs` (earlier tests' experiments may have run other datasets), in row order."""
     rows = []
     for baseline in shown:
         for state in [baseline] + [rev for exp in baseline.get("experiments") or [] for rev in exp["revs"]]:
-            rows.append(state["data"]["metrics"]["dice.json"]["data"])
+            dice = ((state.get("data") or {}).get("metrics") or {}).get("dice.json", {}).get("data") or {}
+            if all(model in dice.get(dataset, {}) for dataset, model in pairs):
+                rows.append(dice)
     return rows
 
 
 def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
+    sh(project, "dvc", "exp", "remove", "--all-commits")  # the table shows this sweep, not earlier tests' experiments
     for setting in ("train.epochs=3", "data.sample.seed=5"):  # other sample data: every pair's Dice moves
         sh(project, "dvc", "exp", "run", "--queue", "--set-param", setting)
     sh(project, "dvc", "queue", "start", "--jobs", "1")
@@ -183,9 +187,9 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
     assert '"epochs": 3' in text.replace(" ", "").replace('"epochs":3', '"epochs": 3')
     assert '"seed": 5' in text.replace(" ", "").replace('"seed":5', '"seed": 5')
     assert text.count("per_case") >= 3  # baseline and both experiments carry metrics
-    rows = summaries(shown)
-    assert len(rows) >= 4  # workspace, baseline, two experiments
     pairs = [(d, m) for d in ("brats2020", "tumor_coco") for m in ("unet", "resunet")]
+    rows = summaries(shown, pairs)
+    assert len(rows) >= 4  # workspace, baseline, two experiments
     assert all(len({row[d][m] for row in rows}) > 1 for d, m in pairs), rows  # so --only-changed keeps all four
 
     # an ordinary terminal: the table fits 200 columns with every dataset x model's per-case Dice in it
