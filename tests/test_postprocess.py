@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btseg.evaluation.postprocess import apply_rule, choose_postprocess
+from btseg.evaluation import postprocess
+from btseg.evaluation.postprocess import apply_rule, choose_postprocess, sizes_within_tumors
 
 
 def volume_case() -> tuple[np.ndarray, pd.DataFrame]:
@@ -92,3 +93,20 @@ def test_among_rules_that_tie_on_validation_the_mildest_is_kept():
     assert dice["none"] == pytest.approx(24 / 25) and dice["remove_small:2"] == dice["keep_largest"] == 1.0
     assert dice["remove_small:50"] == 0.0  # the tumor (12 voxels) goes too
     assert rule == "remove_small:2"
+
+
+def test_sizes_above_the_smallest_training_tumor_are_left_out(monkeypatch):
+    """Case a: 12 tumor voxels over 3 slices of target 0, 30 of target 1; b: none; c: 5 of target 0
+    on one slice; d: 40 of target 1 only. The smallest tumor of any target is c's 5 voxels."""
+    masks = np.zeros((6, 2, 8, 8), bool)
+    index = pd.DataFrame({"case_id": ["a", "b", "a", "c", "a", "d"], "slice_index": [0, 0, 1, 0, 2, 0]})
+    for row in (0, 2, 4):
+        masks[row, 0, 0:2, 0:2] = True  # a: 3 x 4 voxels of target 0
+        masks[row, 1, 0:2, 0:5] = True  # a: 3 x 10 of target 1
+    masks[3, 0, 5, 0:5] = True  # c: 5
+    masks[5, 1, 0:5, 0:8] = True  # d: 40
+    monkeypatch.setattr(postprocess, "CHUNK", 4)  # counted in two pieces, a case's slices in both
+    assert sizes_within_tumors([50, 2, 5, 6], masks, index) == [2, 5]  # 5 deletes no tumor of 5 voxels; 6 would
+    masks[3] = False  # without c: target 0's smallest is a's 12, target 1's is a's 30
+    assert sizes_within_tumors([13, 12, 31], masks, index) == [12]
+    assert sizes_within_tumors([50, 10], np.zeros_like(masks), index) == [10, 50]  # no tumor: every size

@@ -58,7 +58,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
                                      tta=settings.tta)
 
     val_probabilities = predict(data["val"].images) if "val" in data else None
-    threshold, sweep, rule, rules = decide(val_probabilities, data.get("val"), settings)
+    threshold, sweep, rule, rules = decide(val_probabilities, data.get("val"), settings,
+                                           contents.get("min_component_voxels", settings.min_component_voxels))
     threshold, rule = from_model_file(contents, model_file, threshold, rule)
     probabilities = predict(test.images)
     predicted = apply_rule(probabilities > threshold, test.index, rule)
@@ -93,11 +94,13 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     return metrics
 
 
-def decide(val_probabilities: np.ndarray | None, val: SliceSet | None,
-           settings: EvaluateParams) -> tuple[float, pd.DataFrame | None, str, pd.DataFrame | None]:
+def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
+           min_sizes: list[int]) -> tuple[float, pd.DataFrame | None, str, pd.DataFrame | None]:
     """The decision threshold and the post-processing rule, as train stores them and evaluate uses
     them: the threshold from the val split (or evaluate.threshold), then, at that threshold, the
-    connected-component rule that raises val Dice (or none). Also their sweeps (None when fixed)."""
+    connected-component rule that raises val Dice (or none), remove_small trying `min_sizes` (the
+    model file's: evaluate.min_component_voxels up to the smallest training tumor). Also their
+    sweeps (None when fixed)."""
     sweep, threshold = None, settings.threshold
     if settings.threshold_from == "validation":
         threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
@@ -105,8 +108,7 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None,
         log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
     rule, rules = "none", None
     if settings.postprocess == "validation":
-        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index,
-                                         list(settings.min_component_voxels))
+        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
         log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
                  rules.case_dice.max(), rules.case_dice.iloc[0])
     return threshold, sweep, rule, rules

@@ -27,6 +27,7 @@ import btseg
 from btseg.config import EvaluateParams, Params, TrainParams
 from btseg.errors import PipelineError
 from btseg.evaluation.evaluate import decide
+from btseg.evaluation.postprocess import sizes_within_tumors
 from btseg.fileio import atomic_file, write_csv
 from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
 from btseg.models import MODEL_FORMAT, create_model
@@ -84,8 +85,10 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
         return  # rank 0 writes the model
     model = unwrap(model)
     model.load_state_dict(result.best_state)
-    decision, rule = decide_on_validation(model, val_split, params.evaluate, device, config)
-    save_model_file(out / "model.pt", model_name, model_args, result, decision, rule, params.evaluate.tta, train_split, config)
+    min_sizes = component_sizes(params.evaluate, train_split)
+    decision, rule = decide_on_validation(model, val_split, params.evaluate, min_sizes, device, config)
+    save_model_file(out / "model.pt", model_name, model_args, result, decision, rule, min_sizes, params.evaluate.tta,
+                    train_split, config)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
 
@@ -235,24 +238,35 @@ def open_live(folder: Path, checkpoint: Path, key: str):
         raise
 
 
-def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, device: torch.device,
-                         config: TrainParams) -> tuple[float, str]:
+def component_sizes(evaluate: EvaluateParams, train_split: SliceSet) -> list[int]:
+    """evaluate.min_component_voxels without the sizes above the training split's smallest tumor
+    (btseg.evaluation.postprocess.sizes_within_tumors); what was left out is logged."""
+    sizes = sizes_within_tumors(list(evaluate.min_component_voxels), train_split.masks, train_split.index)
+    if evaluate.postprocess == "validation" and len(sizes) < len(evaluate.min_component_voxels):
+        log.info("post-processing: remove_small sizes %s left out, larger than the smallest training tumor",
+                 sorted(set(evaluate.min_component_voxels) - set(sizes)))
+    return sizes
+
+
+def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, min_sizes: list[int],
+                         device: torch.device, config: TrainParams) -> tuple[float, str]:
     """The decision threshold and post-processing rule stored with the model, chosen on the val split
     as the evaluate stage chooses them (btseg.evaluation.evaluate.decide)."""
     probabilities = predict_probabilities(model, val_split.images, device, precision=config.speed.precision,
                                           channels_last=config.speed.channels_last, tta=evaluate.tta)
-    threshold, _, rule, _ = decide(probabilities, val_split, evaluate)
+    threshold, _, rule, _ = decide(probabilities, val_split, evaluate, min_sizes)
     return threshold, rule
 
 
-def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str, tta: bool,
-                    train_split: SliceSet, config: TrainParams) -> None:
+def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str,
+                    min_sizes: list[int], tta: bool, train_split: SliceSet, config: TrainParams) -> None:
     """model.pt: everything prediction needs (architecture, weights, threshold, how images were prepared)."""
     with atomic_file(path) as partial:
         torch.save({
             "format_version": MODEL_FORMAT,
             "threshold": threshold,
             "postprocess": postprocess,  # btseg.evaluation.postprocess rule, chosen on validation
+            "min_component_voxels": min_sizes,  # the remove_small sizes it was chosen among
             "tta": tta,  # predictions are the mean over flips
             "model": model_name,
             "model_args": model_args,

@@ -91,7 +91,7 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
     assert chosen["threshold"] == contents["threshold"] and chosen["postprocess"] == contents["postprocess"]
     other = next(t for t in reversed(tiny_params()["evaluate"]["threshold_grid"]) if t != contents["threshold"])
     rule = "keep_largest" if contents["postprocess"] != "keep_largest" else "none"
-    contents.update(threshold=other, postprocess=rule)
+    contents.update(threshold=other, postprocess=rule, min_component_voxels=[3])
     torch.save(contents, tmp_path / "model.pt")
     result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--model-file", str(tmp_path / "model.pt"),
                              "--slices", "data/slices/brats2020", "--metrics", str(tmp_path / "metrics.json"),
@@ -102,6 +102,9 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
     assert (settings["threshold"], settings["postprocess"]) == (other, rule)
     assert json.loads((tmp_path / "metrics.json").read_text())["threshold"] == other
     assert f"threshold {other:.2f} and post-processing {rule} from" in result.stderr
+    # the val sweep tries the sizes the model file was chosen among, not the params' grid
+    sweep = pd.read_csv(tmp_path / "evaluation" / "postprocess_sweep.csv")
+    assert list(sweep.rule) == ["none", "remove_small:3", "keep_largest"]
     # and the per-case scores are those of that threshold and rule: recomputed from the saved probabilities
     from btseg.evaluation.metrics import evaluate_targets
     from btseg.evaluation.postprocess import apply_rule
@@ -113,6 +116,27 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
                                       list(test.meta["targets"]))
     saved = pd.read_csv(tmp_path / "evaluation" / "per_case.csv", dtype={"case_id": str})
     np.testing.assert_allclose(saved.dice.to_numpy(), per_case.dice.to_numpy(), atol=1e-5)
+
+
+def test_the_model_file_keeps_only_sizes_that_delete_no_training_tumor(project):
+    """train chooses post-processing among evaluate.min_component_voxels up to the training split's
+    smallest tumor (here a few hundred voxels of phantom at 32 px)."""
+    from btseg.preprocessing.slices import load_split
+
+    train = load_split(project / "data/slices/brats2020", "train")
+    volumes = {}
+    for case, mask in zip(train.index.case_id, train.masks, strict=True):
+        volumes[case] = volumes.get(case, 0) + int(np.asarray(mask).sum())
+    smallest = min(v for v in volumes.values() if v > 0)
+    grid = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["min_component_voxels"]
+    expected = sorted(n for n in grid if n <= smallest)
+    assert len(expected) < len(grid), "the phantoms' smallest tumor should be below the grid's largest size"
+    contents = torch.load(project / "models/brats2020/unet/model.pt", map_location="cpu", weights_only=True)
+    assert contents["min_component_voxels"] == expected
+    settings = json.loads((project / "reports/brats2020/unet/evaluation/settings.json").read_text())
+    sweep = pd.read_csv(project / "reports/brats2020/unet/evaluation/postprocess_sweep.csv")
+    assert list(sweep.rule) == ["none", *(f"remove_small:{n}" for n in expected), "keep_largest"]
+    assert settings["postprocess"] in set(sweep.rule)
 
 
 def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
