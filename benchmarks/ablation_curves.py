@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--epochs", type=int, default=0, help="first N epochs of each run (0 = all)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="LGG, second split: validation Dice per epoch")
     args = parser.parse_args()
 
     figure, axis = plt.subplots(figsize=(8, 4.2))
@@ -43,7 +44,7 @@ def main() -> None:
         worst = int(drops.argmax())
         axis.plot(epochs, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
         print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} | {epochs[worst]} -> {epochs[worst] + 1} |")
-    axis.set(xlabel="epoch", ylabel="validation per-case Dice", ylim=(0, 1), title="LGG, second split: validation Dice per epoch")
+    axis.set(xlabel="epoch", ylabel="validation per-case Dice", ylim=(0, 1), title=args.title)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -13,7 +13,7 @@ validation, and keep_largest then deleted a test patient's whole tumor in favour
 alarm. The train stage stores the choice in the model file, so bts-predict applies it too.
 `sizes_within_tumors` leaves out of the remove_small grid the sizes above the smallest tumor of the
 training patients: on LGG, remove_small:1000 won on 17 validation patients and then deleted a found
-538-voxel tumor of a test patient, while 3 of 76 training patients have tumors below 1,000 voxels.
+538-voxel tumor of a test patient, while 4 of 76 training patients have tumors below 1,000 voxels.
 """
 
 from __future__ import annotations
