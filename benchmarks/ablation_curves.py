@@ -1,5 +1,6 @@
 """Validation Dice per epoch of several runs on one chart, with each run's largest epoch-to-epoch drop:
-the figure behind the stability ablation in docs/results.md.
+the figure behind the stability ablation in docs/results.md. With --minutes, against training minutes
+(the checkpoint's epoch times) instead: runs that differ in cost, compared at equal time.
 
     python benchmarks/ablation_curves.py --out docs/figures/lgg_stability.png --epochs 12 \\
         "recipe=/work/lgg-run2" "per-image Dice=/work/abl-image" ...
@@ -18,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 
 def main() -> None:
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="first N epochs of each run (0 = all)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="LGG, second split: validation Dice per epoch")
+    parser.add_argument("--minutes", action="store_true", help="x axis: training minutes, not epochs")
     args = parser.parse_args()
 
     figure, axis = plt.subplots(figsize=(8, 4.2))
@@ -42,15 +45,22 @@ def main() -> None:
         epochs, dice = curve.step.to_numpy() + 1, curve.val_case_dice.to_numpy()
         drops = dice[:-1] - dice[1:]
         worst = int(drops.argmax())
-        axis.plot(epochs, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
+        x = minutes(Path(folder), args.dataset, args.model)[epochs - 1] if args.minutes else epochs
+        axis.plot(x, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
         print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} | {epochs[worst]} -> {epochs[worst] + 1} |")
-    axis.set(xlabel="epoch", ylabel="validation per-case Dice", ylim=(0, 1), title=args.title)
+    axis.set(xlabel="training minutes" if args.minutes else "epoch", ylabel="validation per-case Dice", ylim=(0, 1), title=args.title)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)
     print(f"figure: {args.out}")
+
+
+def minutes(run: Path, dataset: str, model: str):
+    """Training minutes at the end of each epoch, from the epoch times the checkpoint keeps."""
+    checkpoint = torch.load(run / "models" / dataset / model / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return pd.DataFrame(checkpoint["history"]).seconds.cumsum().to_numpy() / 60
 
 
 if __name__ == "__main__":
