@@ -19,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+
+from btseg.training.checkpoint import read_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
 
 def minutes(run: Path, dataset: str, model: str):
     """Training minutes at the end of each epoch, from the epoch times the checkpoint keeps."""
-    checkpoint = torch.load(run / "models" / dataset / model / "checkpoint.pt", map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(run / "models" / dataset / model / "checkpoint.pt")
     return pd.DataFrame(checkpoint["history"]).seconds.cumsum().to_numpy() / 60
 
 

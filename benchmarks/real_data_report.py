@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+
+from btseg.training.checkpoint import read_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
-    contents = torch.load(args.run / "models" / args.dataset / args.model / "checkpoint.pt", map_location="cpu",
-                          weights_only=False)
+    contents = read_checkpoint(args.run / "models" / args.dataset / args.model / "checkpoint.pt")
     history = pd.DataFrame(contents["history"])
     history["minutes"] = history.seconds.cumsum() / 60
     metrics = json.loads((args.run / "reports" / args.dataset / args.model / "evaluation/metrics_full.json").read_text())

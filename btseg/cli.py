@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from btseg.config import MODEL_NAMES
 from btseg.data.registry import DATASET_NAMES
 from btseg.errors import PipelineError
-from btseg.models import MODELS
 
 log = logging.getLogger("btseg")
 
@@ -23,7 +23,7 @@ def stage_arguments(description: str, *, model: bool = False) -> argparse.Argume
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name from params.yaml data.datasets")
     if model:
-        parser.add_argument("--model", required=True, choices=list(MODELS), help="model name from params.yaml train.models")
+        parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model name from params.yaml train.models")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
 

@@ -20,13 +20,17 @@ from btseg.data.base import MAX_LABEL_VALUE
 from btseg.data.registry import DATASET_NAMES
 from btseg.data.volumes import LAYOUTS
 from btseg.errors import PipelineError, one_line
-from btseg.models import MODELS
-from btseg.training.losses import LOSSES
+
+# The model architectures and training losses by name. They live here, in a module that imports no
+# torch, so that checking params never loads PyTorch; btseg.models.registry and btseg.training.losses
+# give each name its class or function, in this order.
+MODEL_NAMES = ("unet", "resunet", "resnet34_unet")
+LOSS_NAMES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky")
 
 # the choices come from the registries, so a new dataset, model or loss is valid here at once
 DatasetName = Literal[DATASET_NAMES]
-ModelName = Literal[tuple(MODELS)]
-LossName = Literal[LOSSES]
+ModelName = Literal[MODEL_NAMES]
+LossName = Literal[LOSS_NAMES]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
+from btseg import config
 from btseg.errors import PipelineError
-from btseg.models import MODELS, create_model, load_model_file
-from btseg.models.resnet_unet import ResNet34UNet
-from btseg.models.unet import ResUNet, UNet
+from btseg.models import MODELS, create_model, load_model_file, write_model_file
+from btseg.models.unet import UNet
 from btseg.training.losses import bce_dice_loss
 
 MODEL_NAMES = ["resunet", "unet"]  # the configurable-depth family; resnet34_unet has its own tests below
@@ -25,8 +28,17 @@ def one_thread_and_restored_rng():
     torch.set_num_threads(threads)
 
 
-def test_registry_names_the_architectures():
-    assert MODELS == {"unet": UNet, "resunet": ResUNet, "resnet34_unet": ResNet34UNet}
+@pytest.mark.parametrize("name", config.MODEL_NAMES)
+def test_every_name_params_accept_builds_a_model(name):
+    # params validation takes its names from config (no torch there); each must build and run here
+    model = create_model(name, in_channels=3, out_channels=2, base_channels=4, depth=2).eval()
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_unknown_model_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'vnet'; expected one of") as error:
+        create_model("vnet", in_channels=1)
+    assert all(name in str(error.value) for name in config.MODEL_NAMES)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -140,21 +152,25 @@ def test_tiny_model_overfits_one_circle(name):
 
 
 def _checkpoint(name: str) -> tuple[torch.nn.Module, dict]:
-    """A model with non-default weights and BatchNorm statistics, and the dict train.py saves for it."""
+    """A model with non-default weights and BatchNorm statistics, and the contents the train stage's
+    model file has for it (written by write_model_file, read back as torch.load reads any file)."""
     model_args = {"in_channels": 2, "base_channels": 4, "depth": 2}
     model = create_model(name, **model_args).train()
     with torch.no_grad():
         model(3 * torch.randn(4, 2, 16, 16) + 1)  # moves BatchNorm running statistics off their defaults
-    checkpoint = {
-        "model": name,
-        "model_args": model_args,
-        "state_dict": model.state_dict(),
-        "best_epoch": 3,
-        "val_case_dice": 0.75,
-        "train_params": {"epochs": 4, "learning_rate": 0.002, "models": ["unet", "resunet"], "device": "auto"},
-        "data_meta": {"dataset": "brats2020", "channels": ["flair", "t1"], "size": 16, "target": "whole_tumor"},
-    }
-    return model.eval(), checkpoint
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        _write_model_file(path, name, model_args, model)
+        return model.eval(), torch.load(path, weights_only=True)
+
+
+def _write_model_file(path: Path, name: str, model_args: dict, model: torch.nn.Module) -> None:
+    write_model_file(
+        path, model=name, model_args=model_args, state_dict=model.state_dict(), threshold=0.4, postprocess="none",
+        min_component_voxels=[], tta=False, best_epoch=3, val_case_dice=0.75, stopped_early=False,
+        train_params={"epochs": 4, "learning_rate": 0.002, "models": ["unet", "resunet"], "device": "auto"},
+        data_meta={"dataset": "brats2020", "channels": ["flair", "t1"], "size": 16, "target": "whole_tumor"},
+        inference_meta={"geometry": {}, "source_channels": ["flair", "t1"]})
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

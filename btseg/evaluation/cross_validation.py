@@ -14,15 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from btseg.config import Params
 from btseg.errors import PipelineError
 from btseg.evaluation.metrics import evaluate_targets
 from btseg.evaluation.postprocess import NONE, apply_rule
-from btseg.fileio import atomic_file, write_json
+from btseg.fileio import write_json
 from btseg.inference.batched import pick_device, predict_probabilities, set_threads
-from btseg.models import load_model_file
+from btseg.models import load_model_file, write_ensemble
 from btseg.preprocessing.slices import SliceSet, load_split
 
 log = logging.getLogger(__name__)
@@ -77,15 +76,3 @@ def majority_rule(rules: list[str]) -> str:
     """The post-processing rule most folds chose; `none` when no rule has a majority of the votes cast."""
     (rule, votes), *rest = Counter(rules).most_common()
     return rule if not rest or votes > rest[0][1] else NONE
-
-
-def write_ensemble(path: Path, contents: list[dict], threshold: float, rule: str) -> None:
-    """One model file holding every fold's weights (`members`); bts-predict and evaluate read it as a model."""
-    first = contents[0]
-    with atomic_file(path) as partial:
-        torch.save({**{k: first[k] for k in ("format_version", "model", "model_args", "train_params", "data_meta",
-                                             "inference_meta")},
-                    "members": [c["state_dict"] for c in contents], "threshold": threshold, "postprocess": rule,
-                    "tta": bool(first.get("tta", False)), "best_epoch": [c["best_epoch"] for c in contents],
-                    "val_case_dice": float(np.mean([c["val_case_dice"] for c in contents])),
-                    "stopped_early": any(c["stopped_early"] for c in contents)}, partial)

@@ -32,7 +32,7 @@ from btseg.evaluation.plotting import overlay
 from btseg.evaluation.postprocess import apply_rule
 from btseg.fileio import atomic_file
 from btseg.inference.batched import predict_probabilities
-from btseg.models import MODEL_FORMAT, load_model_file
+from btseg.models import load_model_file
 from btseg.preprocessing.image import Settings, place_back, prepare_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -74,9 +74,6 @@ class Model:
 
 def load_model(path: Path) -> Model:
     network, checkpoint = load_model_file(path)
-    if checkpoint.get("format_version") != MODEL_FORMAT:
-        raise PipelineError(f"{path}: model file format {checkpoint.get('format_version')}, this version reads "
-                            f"{MODEL_FORMAT}; retrain it with `dvc repro`")
     meta = {**checkpoint["data_meta"], **checkpoint["inference_meta"]}
     checkpoint["path"] = str(path)
     return Model(network, checkpoint, Settings.from_meta(meta), list(meta["channels"]), list(meta["source_channels"]),

@@ -5,15 +5,14 @@ optional torch.compile, cuDNN autotuning, batches read by DataLoader processes i
 and copied without blocking, augmentation batched on the GPU, and the loss read back only every
 few dozen steps. On the CPU the same loop runs in fp32 with albumentations, as the sample run needs.
 
-Every epoch ends with a checkpoint (model, optimiser, scheduler, RNG states, best weights,
-history) written atomically. A rerun with the same settings continues from it; because each
+Every epoch ends with a checkpoint (model, optimiser, scheduler, best weights, history; see
+btseg.training.checkpoint) written atomically. A rerun with the same settings continues from it; because each
 epoch's batch order and augmentation are seeded from (seed, epoch), a resumed run ends with the
 same weights as an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -29,12 +28,11 @@ from torch import nn
 from tqdm import tqdm
 
 from btseg.config import SpeedParams, TrainParams
-from btseg.errors import one_line
 from btseg.evaluation.metrics import confusion_counts, per_case_table, per_slice_table
-from btseg.fileio import atomic_file
 from btseg.inference.batched import autocast, autocast_dtype, memory_format, predict_probabilities
 from btseg.preprocessing.slices import SliceSet
 from btseg.training.augment import Augmenter
+from btseg.training.checkpoint import fingerprint, matching_checkpoint, save_checkpoint
 from btseg.training.device_augment import DeviceAugmenter
 from btseg.training.loader import make_loader
 from btseg.training.losses import Loss
@@ -190,14 +188,6 @@ class TrainResult:
     stopped_early: bool
 
 
-def fingerprint(config: TrainParams, extra: dict) -> str:
-    """What must match for a checkpoint to be resumed: every setting that changes the result."""
-    # the loader's processes and prefetch, and compilation, change the speed, not the result
-    settings = config.model_dump(exclude={"models": True, "device": True, "num_threads": True,
-                                          "speed": {"loader_workers", "prefetch_batches", "compile"}})
-    return json.dumps({**settings, **extra}, sort_keys=True, default=str)
-
-
 def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *, threshold: float,
         device: torch.device, checkpoint: Path | None = None, identity: dict | None = None,
         on_epoch: Callable[[dict], None] | None = None, dist: Distributed = SINGLE, tta: bool = False) -> TrainResult:
@@ -273,7 +263,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
                  row["train_loss"], val_loss, val_dice, row["seconds"])
         stopped_early = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
         if checkpoint is not None and dist.writer:
-            _save_checkpoint(checkpoint, key, epoch, unwrap(model), optimizer, scheduler, history, best_dice, best_epoch,
+            save_checkpoint(checkpoint, key, epoch, unwrap(model), optimizer, scheduler, history, best_dice, best_epoch,
                              best_state, stale)
         if dist.world > 1:
             dist.barrier()  # the checkpoint is complete before any process can be killed into a resume
@@ -308,28 +298,3 @@ def _validate(model: nn.Module, val: SliceSet, loss_fn: Loss, threshold: float, 
     val_loss = float(loss_fn(logits, torch.from_numpy(val.masks.astype(np.float32))))
     dice, iou = case_scores(probabilities, val, threshold)
     return val_loss, dice, iou
-
-
-def _save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, history, best_dice, best_epoch,
-                     best_state, stale) -> None:
-    state = {"fingerprint": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": history,
-             "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state, "stale": stale,
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-    with atomic_file(path) as partial:
-        torch.save(state, partial)
-
-
-def matching_checkpoint(path: Path | None, key: str) -> dict | None:
-    """The checkpoint at `path` if it was written with the same settings, else None (start fresh)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG states
-    except Exception as error:  # a damaged checkpoint only costs the resume
-        log.warning("%s: unreadable (%s); training from scratch", path, one_line(error, 120))
-        return None
-    if state.get("fingerprint") != key:
-        log.info("%s: written with other settings; training from scratch", path)
-        return None
-    return state

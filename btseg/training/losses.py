@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce", "dice", "bce_dice", "focal", "tversky", "focal_tversky")
+from btseg.config import LOSS_NAMES
+
+LOSSES = LOSS_NAMES  # each name is a branch of Loss.__call__
 
 
 def _sums(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,10 +30,11 @@ from btseg.evaluation.evaluate import decide
 from btseg.evaluation.postprocess import sizes_within_tumors
 from btseg.fileio import atomic_file, write_csv
 from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
-from btseg.models import MODEL_FORMAT, create_model
+from btseg.models import create_model, write_model_file
 from btseg.preprocessing.slices import SliceSet, load_split
+from btseg.training.checkpoint import fingerprint, matching_checkpoint
 from btseg.training.folds import fold_sets
-from btseg.training.loop import SINGLE, Distributed, Diverged, fingerprint, fit, matching_checkpoint, unwrap
+from btseg.training.loop import SINGLE, Distributed, Diverged, fit, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -261,21 +262,8 @@ def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: 
 def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str,
                     min_sizes: list[int], tta: bool, train_split: SliceSet, config: TrainParams) -> None:
     """model.pt: everything prediction needs (architecture, weights, threshold, how images were prepared)."""
-    with atomic_file(path) as partial:
-        torch.save({
-            "format_version": MODEL_FORMAT,
-            "threshold": threshold,
-            "postprocess": postprocess,  # btseg.evaluation.postprocess rule, chosen on validation
-            "min_component_voxels": min_sizes,  # the remove_small sizes it was chosen among
-            "tta": tta,  # predictions are the mean over flips
-            "model": model_name,
-            "model_args": model_args,
-            "state_dict": result.best_state,
-            "best_epoch": result.best_epoch,
-            "val_case_dice": result.best_val_dice,
-            "stopped_early": result.stopped_early,
-            "train_params": config.model_dump(),
-            "data_meta": data_meta(train_split),
-            # what prediction needs besides: how images were prepared and the files' channel order
-            "inference_meta": {k: train_split.meta[k] for k in ("geometry", "source_channels")},
-        }, partial)
+    write_model_file(path, model=model_name, model_args=model_args, state_dict=result.best_state, threshold=threshold,
+                     postprocess=postprocess, min_component_voxels=min_sizes, tta=tta, best_epoch=result.best_epoch,
+                     val_case_dice=result.best_val_dice, stopped_early=result.stopped_early,
+                     train_params=config.model_dump(), data_meta=data_meta(train_split),
+                     inference_meta={k: train_split.meta[k] for k in ("geometry", "source_channels")})

@@ -58,7 +58,7 @@ def test_killed_training_resumes_to_the_same_weights_and_log(projects):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "models/tumor_coco/unet/model.pt").exists()
-    saved = torch.load(killed / "models/tumor_coco/unet/checkpoint.pt", weights_only=False)
+    saved = torch.load(killed / "models/tumor_coco/unet/checkpoint.pt", weights_only=True)
     assert 3 <= saved["epoch"] < 40
 
     result = stage(killed, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     checkpoint = project / "models/tumor_coco/unet/checkpoint.pt"
     epoch = int(match[1])
     if epoch > 1:
-        assert torch.load(checkpoint, weights_only=False)["epoch"] == epoch - 1
+        assert torch.load(checkpoint, weights_only=True)["epoch"] == epoch - 1
     else:
         assert not checkpoint.exists()
     assert not (project / "models/tumor_coco/unet/model.pt").exists()
