@@ -76,6 +76,12 @@ def realdata_lgg() -> Path:
     return _realdata("lgg_sample", "LGG")
 
 
+@pytest.fixture(scope="session")
+def realdata_brats2018() -> Path:
+    """The real BraTS 2018 case's folder (session-wide, so module fixtures can read it once)."""
+    return _realdata("brats2018_case", "BraTS 2018") / "Brats18_2013_2_1"
+
+
 def _realdata(folder: str, name: str) -> Path:
     """A real excerpt beside the checkout, or a skip that says where it was looked for."""
     path = REALDATA / folder
