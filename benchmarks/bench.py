@@ -42,8 +42,8 @@ from btseg.cli import run_stage
 from btseg.config import TrainParams, load_params, parse_params
 from btseg.errors import PipelineError
 from btseg.fileio import write_json
-from btseg.inference.batched import autocast_dtype, memory_format, pick_device, predict_masks, set_threads
 from btseg.models import MODELS, create_model
+from btseg.models.prediction import autocast_dtype, memory_format, pick_device, predict_masks, set_threads
 from btseg.preprocessing.slices import SliceSet
 from btseg.training.augment import TRANSFORMS
 from btseg.training.loader import loader_workers

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from btseg.evaluation.metrics import confusion_counts, per_case_table, per_slice_table
-from btseg.evaluation.postprocess import apply_rule
-from btseg.inference.batched import pick_device, predict_probabilities
+from btseg.decisions.postprocess import apply_rule
 from btseg.models import load_model_file
+from btseg.models.prediction import pick_device, predict_probabilities
 from btseg.preprocessing.slices import load_split
+from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table
 
 SPLITS = ("train", "val", "test")
 

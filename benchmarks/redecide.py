@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from btseg.config import load_params
-from btseg.inference.batched import pick_device
+from btseg.decisions.choose import component_sizes, decide_on_validation
 from btseg.models import load_model_file
+from btseg.models.prediction import pick_device
 from btseg.preprocessing.slices import load_split
-from btseg.training.run import component_sizes, decide_on_validation
 
 
 def main() -> None:

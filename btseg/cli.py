@@ -1,21 +1,20 @@
-"""What every stage entry point shares: argument parsing, logging, and one-line errors."""
+"""What the stage entry points share: their arguments as dvc.yaml passes them (the commands' one-line
+errors are btseg.errors.run_stage, re-exported here for them)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
 from btseg.config import MODEL_NAMES
 from btseg.data.registry import DATASET_NAMES
-from btseg.errors import PipelineError
+from btseg.errors import run_stage
 
-log = logging.getLogger("btseg")
+__all__ = ["run_stage", "stage_arguments", "stage_command"]
 
 
 def stage_arguments(description: str, *, model: bool = False) -> argparse.ArgumentParser:
@@ -26,19 +25,6 @@ def stage_arguments(description: str, *, model: bool = False) -> argparse.Argume
         parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model name from params.yaml train.models")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
-
-
-def run_stage(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's `main`, turning expected failures into one line on stderr and exit code 1."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main(sys.argv[1:] if argv is None else argv)
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: no output was moved into place", file=sys.stderr)
-        sys.exit(130)
 
 
 def stage_command(stage: str, repo: Path, **items: str) -> list[str]:

@@ -1,6 +1,11 @@
-"""The pipeline's expected failures. Imports nothing of ours, so every module can use it."""
+"""The pipeline's expected failures, and how every command reports them (`run_stage`). Imports
+nothing of ours, so every module can use it."""
 
 from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
 
 
 class PipelineError(Exception):
@@ -15,3 +20,16 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
     """An exception's message on one line (whitespace collapsed), cut at `limit` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
+def run_stage(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's `main`, turning expected failures into one line on stderr and exit code 1."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: no output was moved into place", file=sys.stderr)
+        sys.exit(130)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from btseg.cli import run_stage, stage_arguments
 from btseg.config import load_params
-from btseg.data.sources import fetch_dataset
+from btseg.download import fetch_dataset
 
 
 def main(argv: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""btseg.evaluation.metrics: counts, the four overlap scores, the empty-mask convention, per-slice/per-case tables."""
+"""btseg.scoring.metrics: counts, the four overlap scores, the empty-mask convention, per-slice/per-case tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btseg.evaluation.metrics import METRICS, confusion_counts, per_case_table, per_slice_table, scores, summary
+from btseg.scoring.metrics import METRICS, confusion_counts, per_case_table, per_slice_table, scores, summary
 
 
 def masks(*rows: str) -> np.ndarray:
@@ -253,7 +253,8 @@ def test_random_masks_match_set_based_reference():
 
 # --- specificity, HD95, size difference ------------------------------------------------------
 
-from btseg.evaluation.metrics import (  # noqa: E402
+from btseg.decisions.thresholds import counts_at_thresholds, precision_recall_curve, threshold_sweep  # noqa: E402
+from btseg.scoring.metrics import (  # noqa: E402
     BRATS_LEGACY_HD95,
     bucket_summary,
     dice_conventions,
@@ -264,7 +265,6 @@ from btseg.evaluation.metrics import (  # noqa: E402
     size_bucket,
     specificity,
 )
-from btseg.evaluation.thresholds import counts_at_thresholds, precision_recall_curve, threshold_sweep  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -371,7 +371,7 @@ def test_dice_conventions_hand_computed():
     assert result["brats_legacy"] == result["ours"]
     assert result["nnunet"] == pytest.approx((0 + 0 + 2 / 3) / 3)  # both-empty case skipped
     assert result["monai_ignore_empty"] == pytest.approx((0 + 2 / 3) / 2)  # every empty-truth case skipped
-    from btseg.evaluation.metrics import brats_legacy_hd95
+    from btseg.scoring.metrics import brats_legacy_hd95
     assert brats_legacy_hd95(per_case) == pytest.approx((0 + 2 * BRATS_LEGACY_HD95 + 4) / 4)
     only_empty = dice_conventions(per_case.iloc[:1])
     assert only_empty["nnunet"] is None and only_empty["monai_ignore_empty"] is None and only_empty["ours"] == 1.0
@@ -438,7 +438,7 @@ def test_evaluate_targets_summary_is_compact_and_per_target_with_regions():
 
 
 def test_choose_threshold_takes_the_best_case_dice_and_the_lowest_on_ties():
-    from btseg.evaluation.thresholds import choose_threshold
+    from btseg.decisions.thresholds import choose_threshold
 
     truth = np.zeros((2, 1, 1, 4), np.uint8)
     truth[0, 0, 0, :2] = 1  # case a: two tumor pixels
@@ -453,7 +453,7 @@ def test_choose_threshold_takes_the_best_case_dice_and_the_lowest_on_ties():
 
 
 def test_smoothed_threshold_prefers_a_plateau_to_a_lone_peak_at_the_edge():
-    from btseg.evaluation.thresholds import pick_threshold
+    from btseg.decisions.thresholds import pick_threshold
 
     sweep = pd.DataFrame({"threshold": [0.1, 0.3, 0.5, 0.7, 0.9], "case_dice": [0.6, 0.8, 0.8, 0.7, 0.85]})
     assert pick_threshold(sweep) == 0.9  # the lone best point, at the edge
@@ -463,7 +463,7 @@ def test_smoothed_threshold_prefers_a_plateau_to_a_lone_peak_at_the_edge():
 
 
 def test_headline_keeps_the_numbers_people_compare():
-    from btseg.evaluation.metrics import headline
+    from btseg.scoring.metrics import headline
 
     prediction, truth, index = _case_example()
     _, _, full = evaluate_targets(prediction[:, None], truth[:, None], index, ["whole_tumor"], size_buckets={"all": 1.0})

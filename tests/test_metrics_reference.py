@@ -1,4 +1,4 @@
-"""btseg.evaluation.metrics against independent, well-known implementations, to 1e-6.
+"""btseg.scoring.metrics against independent, well-known implementations, to 1e-6.
 
 - scikit-learn (f1_score, jaccard_score, precision_score, recall_score, confusion_matrix) for the
   overlap scores and specificity, per slice, per case (the stacked volume) and pooled;
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from btseg.evaluation.metrics import dice_conventions, per_case_metrics, per_slice_metrics, summary
+from btseg.scoring.metrics import dice_conventions, per_case_metrics, per_slice_metrics, summary
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 monai_metrics = pytest.importorskip("monai.metrics")
@@ -114,7 +114,7 @@ def test_hd95_matches_monai_per_slice_and_per_stacked_case(example):
 
 
 def test_hd95_matches_monai_with_anisotropic_spacing():
-    from btseg.evaluation.metrics import hd95
+    from btseg.scoring.metrics import hd95
 
     rng = np.random.default_rng(3)
     for _ in range(5):

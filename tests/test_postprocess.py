@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btseg.evaluation import postprocess
-from btseg.evaluation.postprocess import apply_rule, choose_postprocess, sizes_within_tumors
+from btseg.decisions import postprocess
+from btseg.decisions.postprocess import apply_rule, choose_postprocess, sizes_within_tumors
 
 
 def volume_case() -> tuple[np.ndarray, pd.DataFrame]:
@@ -66,7 +66,7 @@ def test_choice_is_none_unless_a_rule_is_strictly_better():
 def test_tta_averages_the_flipped_predictions_of_a_model_that_is_not_flip_equivariant():
     import torch
 
-    from btseg.inference.batched import predict_masks, predict_probabilities
+    from btseg.models.prediction import predict_masks, predict_probabilities
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)  # an asymmetric kernel: flips change its output

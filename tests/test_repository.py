@@ -109,7 +109,7 @@ def test_train_code_fingerprint_hashes_exactly_the_train_stage_code_deps(tmp_pat
     files = code_files()
     assert set(files) == listed and len(files) == len(set(files))
     # what picks the best epoch and the threshold is code the checkpoint depends on
-    for needed in ("btseg/evaluation/metrics.py", "btseg/preprocessing/slices.py", "btseg/training/loop.py",
+    for needed in ("btseg/scoring/metrics.py", "btseg/preprocessing/slices.py", "btseg/training/loop.py",
                    "btseg/models/unet.py", "stages/train.py"):
         assert REPO / needed in files, needed
     # an edit to any listed file changes the fingerprint; a file outside the list does not count

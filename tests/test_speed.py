@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from btseg.config import parse_params
-from btseg.inference.batched import autocast_dtype, predict_masks, predict_probabilities
 from btseg.models import create_model
+from btseg.models.prediction import autocast_dtype, predict_masks, predict_probabilities
 from btseg.training.device_augment import DeviceAugmenter
 from btseg.training.loop import Diverged, Stepper, _check_finite, fit, training_batches
 from tests.conftest import default_params

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from btseg.evaluation.statistics import bootstrap_ci, paired_difference
+from btseg.scoring.statistics import bootstrap_ci, paired_difference
 
 
 def test_constant_values_give_a_zero_width_interval():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from btseg.config import parse_params
-from btseg.inference.batched import pick_device, predict_probabilities
 from btseg.models import create_model
+from btseg.models.prediction import pick_device, predict_probabilities
 from btseg.preprocessing.slices import SliceSet
 from btseg.training.loop import case_scores, fit
 from tests.conftest import default_params

@@ -16,8 +16,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from btseg.config import Params
-from btseg.data import folder, lgg, phantom, volumes
+from btseg.data import phantom
 from btseg.errors import PipelineError
 from btseg.fileio import write_csv
 
@@ -40,31 +39,6 @@ COCO_CATEGORIES = [
     {"id": 1, "name": "0", "supercategory": "Tumor"},
     {"id": 2, "name": "1", "supercategory": "Tumor"},
 ]
-
-
-def write_sample(dataset: str, root: Path, params: Params) -> None:
-    """Write the synthetic form of `dataset` into the empty folder `root`, sized by params data.sample."""
-    data, sizes, seed = params.data, getattr(params.data.sample, dataset), params.data.sample.seed
-    if dataset == "brats2020":
-        write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
-                       image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels, seed=seed)
-    elif dataset == "tumor_coco":
-        write_tumor_coco(root, images_per_split=sizes, seed=seed)
-    elif dataset == "brats2020_nifti":
-        options = data.brats2020_nifti
-        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
-                             sequences=options.sequences, labels=options.labels, seed=seed)
-    elif dataset == "nifti":
-        options = data.nifti
-        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
-                             labels=options.labels, seed=seed, layout=options.layout, files=options.files,
-                             label_file=options.label_file)
-    elif dataset == "lgg":
-        lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-    elif dataset == "folder":
-        folder.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-    else:
-        raise ValueError(f"no sample generator for dataset '{dataset}'")
 
 
 def write_brats_h5(

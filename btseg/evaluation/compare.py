@@ -19,9 +19,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from btseg.cli import run_stage
-from btseg.errors import PipelineError, one_line
-from btseg.evaluation.statistics import paired_difference
+from btseg.errors import PipelineError, one_line, run_stage
+from btseg.scoring.statistics import paired_difference
 
 
 def read_per_case(spec: str) -> pd.DataFrame:

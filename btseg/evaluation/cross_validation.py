@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from btseg.config import Params
+from btseg.decisions.postprocess import NONE, apply_rule
 from btseg.errors import PipelineError
-from btseg.evaluation.metrics import evaluate_targets
-from btseg.evaluation.postprocess import NONE, apply_rule
 from btseg.fileio import write_json
-from btseg.inference.batched import pick_device, predict_probabilities, set_threads
 from btseg.models import load_model_file, write_ensemble
+from btseg.models.prediction import pick_device, predict_probabilities, set_threads
 from btseg.preprocessing.slices import SliceSet, load_split
+from btseg.scoring.metrics import evaluate_targets
 
 log = logging.getLogger(__name__)
 

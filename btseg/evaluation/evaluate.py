@@ -1,12 +1,10 @@
 """The `evaluate` stage's library: test-split metrics of a model file, and the tables behind them.
 
-The decision threshold is either chosen on the val split (evaluate.threshold_from=validation: the
-evaluate.threshold_grid value with the best mean per-case Dice) or fixed (evaluate.threshold); the
-train stage makes that choice (and the post-processing one) with the same function and stores it in
-the model file, and the metrics use the model file's, as bts-predict does; the sweeps beside them
-are recomputed here.
+The decision threshold and post-processing rule are the model file's: the train stage chose them on
+the val split (btseg.decisions) and bts-predict applies the same, so the metrics describe what
+prediction does. The val sweeps they were chosen from are recomputed here for the record.
 Beside the metrics JSON (headline numbers only), the evaluation folder gets:
-- per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.evaluation.metrics);
+- per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.scoring.metrics);
 - pr_curve.csv: pooled test precision / recall / Dice per threshold and target;
 - threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
 - postprocess_sweep.csv: mean per-case val Dice per post-processing rule (postprocess=validation);
@@ -24,15 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btseg.config import EvaluateParams, Params
+from btseg.config import Params
+from btseg.decisions.choose import validation_sweeps
+from btseg.decisions.postprocess import apply_rule
+from btseg.decisions.thresholds import precision_recall_curve
 from btseg.errors import PipelineError
-from btseg.evaluation.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets, headline
-from btseg.evaluation.postprocess import NONE, apply_rule, choose_postprocess
-from btseg.evaluation.thresholds import choose_threshold, precision_recall_curve
 from btseg.fileio import atomic_dir, write_json
-from btseg.inference.batched import pick_device, predict_probabilities, set_threads
 from btseg.models import load_model_file
+from btseg.models.prediction import pick_device, predict_probabilities, set_threads
 from btseg.preprocessing.slices import SliceSet, load_split
+from btseg.scoring.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets, headline
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,11 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
         return predict_probabilities(model, images, device, precision=speed.precision, channels_last=speed.channels_last,
                                      tta=settings.tta)
 
+    # the decisions are the model file's (what bts-predict applies); the sweeps they came from are recorded
+    threshold, rule = float(contents["threshold"]), str(contents["postprocess"])
     val_probabilities = predict(data["val"].images) if "val" in data else None
-    threshold, sweep, rule, rules = decide(val_probabilities, data.get("val"), settings,
-                                           contents.get("min_component_voxels", settings.min_component_voxels))
-    threshold, rule = from_model_file(contents, model_file, threshold, rule)
+    sweep, rules = validation_sweeps(val_probabilities, data.get("val"), settings, threshold,
+                                     contents.get("min_component_voxels", list(settings.min_component_voxels)))
     probabilities = predict(test.images)
     predicted = apply_rule(probabilities > threshold, test.index, rule)
     per_slice, per_case, metrics = evaluate_targets(predicted, test.masks, test.index, targets,
@@ -92,39 +92,6 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
              metrics["per_case"]["hd95_px"], metrics["per_slice"]["dice"], metrics["pooled"]["dice"],
              metrics["cases"], metrics["slices"])
     return metrics
-
-
-def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
-           min_sizes: list[int]) -> tuple[float, pd.DataFrame | None, str, pd.DataFrame | None]:
-    """The decision threshold and the post-processing rule, as train stores them and evaluate uses
-    them: the threshold from the val split (or evaluate.threshold), then, at that threshold, the
-    connected-component rule that raises val Dice (or none), remove_small trying `min_sizes` (the
-    model file's: evaluate.min_component_voxels up to the smallest training tumor). Also their
-    sweeps (None when fixed)."""
-    sweep, threshold = None, settings.threshold
-    if settings.threshold_from == "validation":
-        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
-                                            settings.threshold_smoothing)
-        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
-    rule, rules = "none", None
-    if settings.postprocess == "validation":
-        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
-        log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
-                 rules.case_dice.max(), rules.case_dice.iloc[0])
-    return threshold, sweep, rule, rules
-
-
-def from_model_file(contents: dict, model_file: Path, threshold: float, rule: str) -> tuple[float, str]:
-    """The threshold and post-processing rule the model file carries, which bts-predict applies: the
-    metrics describe what prediction does. Train chose them on the same val split with the same
-    evaluate params (dvc.yaml lists them for train), so they differ from this run's choice only on a
-    near tie, where recomputed probabilities round differently; that is logged."""
-    stored_threshold = float(contents.get("threshold", threshold))
-    stored_rule = str(contents.get("postprocess", NONE))
-    if (stored_threshold, stored_rule) != (threshold, rule):
-        log.info("threshold %.2f and post-processing %s from %s (chosen by train on the same val split; "
-                 "recomputed here: %.2f, %s, a near tie)", stored_threshold, stored_rule, model_file, threshold, rule)
-    return stored_threshold, stored_rule
 
 
 def check_trained_on(split: SliceSet, contents: dict, model_file: Path, slices: Path) -> None:

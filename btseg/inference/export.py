@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from btseg.cli import run_stage
-from btseg.errors import PipelineError, one_line
+from btseg.errors import PipelineError, one_line, run_stage
 from btseg.fileio import atomic_file
 from btseg.inference.scans import load_model
 

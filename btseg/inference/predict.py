@@ -14,10 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from btseg.cli import run_stage
-from btseg.errors import PipelineError
-from btseg.inference.batched import pick_device
+from btseg.errors import PipelineError, run_stage
 from btseg.inference.scans import SAMPLE_WARNING, find_scans, load_model, output_folders, predict_scan, read_scan, write_outputs
+from btseg.models.prediction import pick_device
 
 log = logging.getLogger("btseg.inference.predict")
 

@@ -27,12 +27,12 @@ import torch
 from btseg.data import volumes
 from btseg.data.images import decode
 from btseg.data.registry import IMAGE_FILE_DATASETS
+from btseg.decisions.postprocess import apply_rule
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import overlay
-from btseg.evaluation.postprocess import apply_rule
 from btseg.fileio import atomic_file
-from btseg.inference.batched import predict_probabilities
 from btseg.models import load_model_file
+from btseg.models.prediction import predict_probabilities
 from btseg.preprocessing.image import Settings, place_back, prepare_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -52,7 +52,7 @@ class Model:
     source_channels: list[str]
     targets: list[str]
     threshold: float
-    postprocess: str = "none"  # chosen on validation by the train stage (btseg.evaluation.postprocess)
+    postprocess: str = "none"  # chosen on validation by the train stage (btseg.decisions.postprocess)
     tta: bool = False  # average over flips, as validation did
 
     @property

@@ -28,9 +28,9 @@ from torch import nn
 from tqdm import tqdm
 
 from btseg.config import SpeedParams, TrainParams
-from btseg.evaluation.metrics import confusion_counts, per_case_table, per_slice_table
-from btseg.inference.batched import autocast, autocast_dtype, memory_format, predict_probabilities
+from btseg.models.prediction import autocast, autocast_dtype, memory_format, predict_probabilities
 from btseg.preprocessing.slices import SliceSet
+from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table
 from btseg.training.augment import Augmenter
 from btseg.training.checkpoint import fingerprint, matching_checkpoint, save_checkpoint
 from btseg.training.device_augment import DeviceAugmenter

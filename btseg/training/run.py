@@ -24,13 +24,12 @@ import torch
 import yaml
 
 import btseg
-from btseg.config import EvaluateParams, Params, TrainParams
+from btseg.config import Params, TrainParams
+from btseg.decisions.choose import component_sizes, decide_on_validation
 from btseg.errors import PipelineError
-from btseg.evaluation.evaluate import decide
-from btseg.evaluation.postprocess import sizes_within_tumors
 from btseg.fileio import atomic_file, write_csv
-from btseg.inference.batched import memory_format, pick_device, predict_probabilities, set_threads
 from btseg.models import create_model, write_model_file
+from btseg.models.prediction import memory_format, pick_device, set_threads
 from btseg.preprocessing.slices import SliceSet, load_split
 from btseg.training.checkpoint import fingerprint, matching_checkpoint
 from btseg.training.folds import fold_sets
@@ -237,26 +236,6 @@ def open_live(folder: Path, checkpoint: Path, key: str):
         if "empty git repo" in str(error).lower():
             raise PipelineError("dvclive needs a git repository with at least one commit; run `git commit` first") from None
         raise
-
-
-def component_sizes(evaluate: EvaluateParams, train_split: SliceSet) -> list[int]:
-    """evaluate.min_component_voxels without the sizes above the training split's smallest tumor
-    (btseg.evaluation.postprocess.sizes_within_tumors); what was left out is logged."""
-    sizes = sizes_within_tumors(list(evaluate.min_component_voxels), train_split.masks, train_split.index)
-    if evaluate.postprocess == "validation" and len(sizes) < len(evaluate.min_component_voxels):
-        log.info("post-processing: remove_small sizes %s left out, larger than the smallest training tumor",
-                 sorted(set(evaluate.min_component_voxels) - set(sizes)))
-    return sizes
-
-
-def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, min_sizes: list[int],
-                         device: torch.device, config: TrainParams) -> tuple[float, str]:
-    """The decision threshold and post-processing rule stored with the model, chosen on the val split
-    as the evaluate stage chooses them (btseg.evaluation.evaluate.decide)."""
-    probabilities = predict_probabilities(model, val_split.images, device, precision=config.speed.precision,
-                                          channels_last=config.speed.channels_last, tta=evaluate.tta)
-    threshold, _, rule, _ = decide(probabilities, val_split, evaluate, min_sizes)
-    return threshold, rule
 
 
 def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from btseg.data.sources import unpack_archive
+from btseg.download import unpack_archive
 from btseg.errors import PipelineError
 from btseg.preprocessing.slices import load_split
 from tests.conftest import stage_argv

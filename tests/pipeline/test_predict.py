@@ -60,8 +60,8 @@ def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
 
 
 def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
-    from btseg.inference.batched import predict_probabilities
     from btseg.inference.scans import load_model, read_scan
+    from btseg.models.prediction import predict_probabilities
     from btseg.preprocessing.image import prepare_image
 
     index = pd.read_csv(project / "data/slices/brats2020/test/index.csv", dtype={"case_id": str})
@@ -106,9 +106,9 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
     sweep = pd.read_csv(tmp_path / "evaluation" / "postprocess_sweep.csv")
     assert list(sweep.rule) == ["none", "remove_small:3", "keep_largest"]
     # and the per-case scores are those of that threshold and rule: recomputed from the saved probabilities
-    from btseg.evaluation.metrics import evaluate_targets
-    from btseg.evaluation.postprocess import apply_rule
+    from btseg.decisions.postprocess import apply_rule
     from btseg.preprocessing.slices import load_split
+    from btseg.scoring.metrics import evaluate_targets
 
     test = load_split(project / "data/slices/brats2020", "test")
     probabilities = np.load(tmp_path / "evaluation" / "probabilities.npy").astype(np.float32)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from btseg.evaluation.statistics import bootstrap_ci
+from btseg.scoring.statistics import bootstrap_ci
 
 METRICS = ("dice", "iou", "precision", "recall")
 # short: it is a column of `dvc metrics show` / `dvc exp show`

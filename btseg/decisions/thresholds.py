@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from btseg.evaluation.metrics import scores
+from btseg.scoring.metrics import scores
 
 
 def counts_at_thresholds(probabilities: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, chunk: int = 256) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from btseg.evaluation.metrics import confusion_counts, per_case_table, per_slice_table
+from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table
 
 NONE = "none"
 TIE = 0.001  # mean per-case Dice

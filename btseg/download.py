@@ -1,7 +1,10 @@
 """Where a dataset's raw files come from (data.source): the synthetic sample, the user's own
 folder, an archive the user already has (data.<dataset>.archive: the unpacked folder or the .zip
 as downloaded from the Kaggle website), or the Kaggle archive through kagglehub; the `download`
-stage's library."""
+stage's library.
+
+It reads params (data.source, data.<dataset>, data.sample), so it sits above btseg.config, the
+data readers below it."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from btseg.config import Params
-from btseg.data import kaggle, sample
+from btseg.data import folder, kaggle, lgg, sample, volumes
 from btseg.data.registry import OWN_FOLDER_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir
@@ -32,7 +35,7 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
         raise PipelineError(f"--dataset {dataset}: not in params.yaml data.datasets {data.datasets}")
     if data.source == "sample":
         with atomic_dir(destination) as partial:
-            sample.write_sample(dataset, partial, params)
+            write_sample(dataset, partial, params)
         log.info("%s: synthetic sample written to %s", dataset, destination)
         return
     if dataset in OWN_FOLDER_DATASETS:
@@ -57,6 +60,31 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
     with atomic_dir(destination) as partial:
         kaggle.place(cached, partial)
     log.info("%s: Kaggle %s placed in %s", dataset, handle, destination)
+
+
+def write_sample(dataset: str, root: Path, params: Params) -> None:
+    """Write the synthetic form of `dataset` into the empty folder `root`, sized by params data.sample."""
+    data, sizes, seed = params.data, getattr(params.data.sample, dataset), params.data.sample.seed
+    if dataset == "brats2020":
+        sample.write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
+                              image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels, seed=seed)
+    elif dataset == "tumor_coco":
+        sample.write_tumor_coco(root, images_per_split=sizes, seed=seed)
+    elif dataset == "brats2020_nifti":
+        options = data.brats2020_nifti
+        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                             sequences=options.sequences, labels=options.labels, seed=seed)
+    elif dataset == "nifti":
+        options = data.nifti
+        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
+                             labels=options.labels, seed=seed, layout=options.layout, files=options.files,
+                             label_file=options.label_file)
+    elif dataset == "lgg":
+        lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+    elif dataset == "folder":
+        folder.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+    else:
+        raise ValueError(f"no sample generator for dataset '{dataset}'")
 
 
 def unpack_archive(archive: Path, destination: Path, param: str) -> None:

@@ -1,0 +1,72 @@
+"""The decisions a model file carries, made on the val split: the decision threshold, then the
+post-processing rule at that threshold. The train stage makes them once and stores them
+(btseg.models.model_file); evaluate and bts-predict apply the stored ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from btseg.config import EvaluateParams, TrainParams
+from btseg.decisions.postprocess import choose_postprocess, sizes_within_tumors
+from btseg.decisions.thresholds import choose_threshold
+from btseg.models.prediction import predict_probabilities
+from btseg.preprocessing.slices import SliceSet
+
+log = logging.getLogger(__name__)
+
+
+def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
+           min_sizes: list[int]) -> tuple[float, str]:
+    """The decision threshold and the post-processing rule: the threshold from the val split (or
+    evaluate.threshold), then, at that threshold, the connected-component rule that raises val Dice
+    (or none), remove_small trying `min_sizes` (evaluate.min_component_voxels up to the smallest
+    training tumor: `component_sizes`)."""
+    threshold = settings.threshold
+    if settings.threshold_from == "validation":
+        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
+                                            settings.threshold_smoothing)
+        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
+    rule = "none"
+    if settings.postprocess == "validation":
+        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
+        log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
+                 rules.case_dice.max(), rules.case_dice.iloc[0])
+    return threshold, rule
+
+
+def validation_sweeps(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
+                      threshold: float, min_sizes: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """What the decisions were chosen from, for the record: mean per-case val Dice per candidate
+    threshold (threshold_from=validation) and per post-processing rule at `threshold`
+    (postprocess=validation); None for a decision that was fixed."""
+    sweep = rules = None
+    if settings.threshold_from == "validation":
+        _, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
+                                    settings.threshold_smoothing)
+    if settings.postprocess == "validation":
+        _, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
+    return sweep, rules
+
+
+def component_sizes(evaluate: EvaluateParams, train_split: SliceSet) -> list[int]:
+    """evaluate.min_component_voxels without the sizes above the training split's smallest tumor
+    (btseg.decisions.postprocess.sizes_within_tumors); what was left out is logged."""
+    sizes = sizes_within_tumors(list(evaluate.min_component_voxels), train_split.masks, train_split.index)
+    if evaluate.postprocess == "validation" and len(sizes) < len(evaluate.min_component_voxels):
+        log.info("post-processing: remove_small sizes %s left out, larger than the smallest training tumor",
+                 sorted(set(evaluate.min_component_voxels) - set(sizes)))
+    return sizes
+
+
+def decide_on_validation(model: torch.nn.Module, val_split: SliceSet, evaluate: EvaluateParams, min_sizes: list[int],
+                         device: torch.device, config: TrainParams) -> tuple[float, str]:
+    """The decision threshold and post-processing rule of a trained model, from its predictions on
+    the val split (`decide`)."""
+    probabilities = predict_probabilities(model, val_split.images, device, precision=config.speed.precision,
+                                          channels_last=config.speed.channels_last, tta=evaluate.tta)
+    return decide(probabilities, val_split, evaluate, min_sizes)
