@@ -29,15 +29,18 @@ def stage_argv(*args: str) -> list[str]:
     return [*stage_command(args[0].removeprefix("stages."), REPO, **items), *options]
 
 
-def run_in(project: Path, *args: str, timeout: int = 600):
+def run_in(project: Path, *args: str, timeout: int = 900, env: dict | None = None):
     """Run a stage (`stages.<name> --dataset ...`, as dvc.yaml runs it) or a module (`btseg.inference.predict ...`)
-    in `project`, with progress bars off; returns the CompletedProcess."""
+    in `project`, with progress bars off, in this environment or `env`; returns the CompletedProcess.
+    The one subprocess helper of the tests."""
     import subprocess
     import sys
 
     command = stage_argv(*args) if args[0].startswith("stages.") else [sys.executable, "-m", *args]
-    return subprocess.run(command, cwd=project, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(command, cwd=project, env={**(os.environ if env is None else env), "TQDM_DISABLE": "1"},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 # Real excerpts live beside the checkout (never copied into the repo); override with BTS_REALDATA.
 REALDATA = Path(os.environ.get("BTS_REALDATA", REPO.parent / "shared" / "realdata"))
 

@@ -37,6 +37,7 @@ def hand_counted_training_flops(model: nn.Module, images: torch.Tensor) -> int:
     return 3 * sum(forward) - forward[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["two_convs", "unet"])
 def test_training_flops_match_a_hand_count_from_layer_shapes(model_name):
     args = Namespace(batch=2, channels=3, size=32, targets=1)
@@ -49,6 +50,7 @@ def test_training_flops_match_a_hand_count_from_layer_shapes(model_name):
     assert training_flops(model, args, torch.device("cpu")) == expected
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_on_the_cpu_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(["--size", "32", "--base-channels", "4", "--depth", "2", "--batch", "4", "--steps", "3", "--warmup", "1",

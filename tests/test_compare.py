@@ -33,6 +33,7 @@ def test_two_files_give_the_paired_difference(tmp_path):
     assert "3 paired test cases" in text and "+0.1333" in text
 
 
+@pytest.mark.slow
 def test_a_revision_is_read_through_dvc(tmp_path):
     def sh(*args):
         subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)

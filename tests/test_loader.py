@@ -68,6 +68,7 @@ def test_memory_mapped_arrays_travel_by_file_name(tmp_path):
     assert dataset[key][0].dtype == torch.float16 and dataset[key][1].dtype == torch.uint8  # widened on the device
 
 
+@pytest.mark.slow
 def test_batches_are_the_same_with_and_without_loader_processes(tmp_path):
     images, masks = arrays(tmp_path)
     raw = default_params()

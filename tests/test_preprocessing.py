@@ -321,6 +321,7 @@ def test_neighbours_stack_the_slices_around_each_slice_as_channels():
     assert stack_neighbours(images, 0) is images
 
 
+@pytest.mark.slow
 def test_neighbours_reach_the_slices_arrays_and_training(tmp_path, params_dict):
     import subprocess
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from btseg.preprocessing.quality import suspect_reasons
 
@@ -36,6 +37,7 @@ def test_near_empty_volume_and_hot_spot():
     assert len(reasons) == 1 and reasons[0].startswith("intensity outlier in a: maximum 5000 is")
 
 
+@pytest.mark.slow
 def test_suspect_lgg_case_is_reported_in_meta_or_skipped(tmp_path, params_dict, realdata_lgg):
     import shutil
     import subprocess

@@ -67,6 +67,7 @@ def test_real_coco_case_id_is_the_source_image_behind_roboflow_copies(realdata_c
     assert ids == {"1517", "2201", "2278", "2279"}
 
 
+@pytest.mark.slow
 def test_real_coco_preprocesses_into_the_slice_contract(realdata_coco, tmp_path, params_dict):
     params_dict["data"]["source"] = "kaggle"
     counts = slice_tumor_coco(realdata_coco, tmp_path, parse_params(params_dict))

@@ -128,6 +128,7 @@ def library_modules() -> list[str]:
                   for p in (REPO / "btseg").rglob("*.py"))
 
 
+@pytest.mark.slow
 def test_every_library_module_imports_on_its_own_in_a_fresh_interpreter():
     """No import order hides a cycle: each module is the first one a new interpreter imports."""
     import subprocess

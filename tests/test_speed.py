@@ -30,6 +30,7 @@ def test_precision_setting_resolves_per_device(precision, device, expected):
     assert autocast_dtype(precision, torch.device(device)) == expected
 
 
+@pytest.mark.slow
 def test_bf16_step_on_the_cpu_learns_like_fp32():
     """The same few steps in bf16 autocast and in fp32 end with close losses (bf16 keeps 8 bits of mantissa)."""
     data = circles(16, seed=1)
@@ -53,6 +54,7 @@ def test_diverged_names_the_first_bad_batch_of_a_deferred_window():
         _check_finite(losses, epoch=2, batch=64, window=32)
 
 
+@pytest.mark.slow
 def test_fit_with_device_augmentation_on_the_cpu_learns_circles():
     """augment_on=device runs the torch augmenter in the training process: the same loop as on a GPU."""
     train, val = circles(48, seed=1), circles(16, seed=2)

@@ -3,8 +3,8 @@ read through the same download stage contract and the same readers, with no netw
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -15,13 +15,10 @@ import yaml
 from btseg.download import unpack_archive
 from btseg.errors import PipelineError
 from btseg.preprocessing.slices import load_split
-from tests.conftest import stage_argv
+from tests.conftest import run_in
 from tests.pipeline.test_download import OFFLINE
 
-
-def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, **OFFLINE, "TQDM_DISABLE": "1"}
-    return subprocess.run(stage_argv(*args), cwd=project, env=env, capture_output=True, text=True, timeout=300)
+pytestmark = pytest.mark.slow  # trains or runs stages in subprocesses
 
 
 def zip_tree(folder: Path, archive: Path, prefix: str = "") -> Path:
@@ -118,3 +115,7 @@ def test_a_zip_member_outside_the_folder_is_refused(tmp_path):
         unpack_archive(archive, out, "data.lgg.archive")
     assert not (tmp_path / "escape.txt").exists()
     shutil.rmtree(out)
+
+
+def run(project: Path, *args: str):
+    return run_in(project, *args, env={**os.environ, **OFFLINE})

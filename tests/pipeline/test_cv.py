@@ -15,6 +15,8 @@ from btseg.models import Ensemble, load_model_file
 from btseg.preprocessing.slices import load_split
 from tests.conftest import run_in, tiny_params
 
+pytestmark = pytest.mark.slow  # trains or runs stages in subprocesses
+
 run = run_in
 
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import stage_argv
+from tests.conftest import run_in
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "TQDM_DISABLE": "1"}
-
-
-def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_argv(*args), cwd=project, env=ENV, capture_output=True, text=True, timeout=900)
+stage = run_in
 
 
 def make_project(root: Path, params: dict, nproc: int) -> Path:

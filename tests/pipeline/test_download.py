@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,9 @@ import yaml
 
 from btseg.data import sample
 from btseg.preprocessing.slices import load_split
-from tests.conftest import stage_argv
+from tests.conftest import run_in
+
+pytestmark = pytest.mark.slow  # trains or runs stages in subprocesses
 
 HANDLES = {
     "brats2020": "awsaf49/brats2020-training-data/versions/3",
@@ -20,10 +21,6 @@ HANDLES = {
 # Any request that slips through goes to a closed local port instead of the internet.
 OFFLINE = {"KAGGLE_API_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
-
-
-def run_stage(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_argv(*args), cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -100,3 +97,7 @@ def test_unpinned_handle_is_refused(project, offline_env, params_dict):
     result = run_stage(project, offline_env, "stages.download", "--dataset", "tumor_coco")
     assert result.returncode == 1
     assert "expected owner/slug/versions/N" in result.stderr
+
+
+def run_stage(project: Path, env: dict, *args: str):
+    return run_in(project, *args, env=env)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,11 @@ import yaml
 
 from btseg.data import brats_h5
 from btseg.preprocessing.slices import load_split
-from tests.conftest import stage_argv
+from tests.conftest import run_in
 
+pytestmark = pytest.mark.slow  # trains or runs stages in subprocesses
 
-def run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run(stage_argv(*args), cwd=project, env=env, capture_output=True, text=True, timeout=300)
+run = run_in
 
 
 @pytest.fixture

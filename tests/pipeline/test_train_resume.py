@@ -14,13 +14,12 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import stage_argv
+from tests.conftest import run_in, stage_argv
+
+pytestmark = pytest.mark.slow  # trains or runs stages in subprocesses
 
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
-
-
-def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_argv(*args), cwd=project, env=ENV, capture_output=True, text=True, timeout=600)
+stage = run_in
 
 
 @pytest.fixture
