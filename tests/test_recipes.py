@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,12 @@ def test_an_unknown_recipe_lists_the_available_ones(tmp_path: Path):
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({"description": "d", "set": {}}))
     with pytest.raises(PipelineError, match=r"recipe 'two': no .*two.yaml; available: \['one'\]"):
         command("two", REPO / "params.yaml", tmp_path)
+
+
+def test_a_closed_stdout_ends_the_listing_quietly():
+    """`bts-recipe --list | head -0`: the reader went away, which is not an error worth a traceback."""
+    listing = subprocess.Popen([sys.executable, "-m", "btseg.recipes", "--list"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    listing.stdout.close()  # before the listing writes a byte
+    stderr = listing.stderr.read()
+    assert listing.wait(timeout=120) in (0, 141) and stderr == ""
