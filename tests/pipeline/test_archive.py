@@ -118,3 +118,27 @@ def test_a_zip_member_outside_the_folder_is_refused(tmp_path):
         unpack_archive(archive, out, "data.lgg.archive")
     assert not (tmp_path / "escape.txt").exists()
     shutil.rmtree(out)
+
+
+def test_a_symlink_loop_in_an_archive_folder_fails_in_one_line_naming_the_link(lgg_project, tmp_path):
+    (tmp_path / "tree/kaggle_3m/P1").mkdir(parents=True)
+    (tmp_path / "tree/kaggle_3m/P1/a.tif").write_bytes(b"\x01")
+    (tmp_path / "tree/kaggle_3m/P1/loop").symlink_to("loop")  # a link to itself
+    set_archive(lgg_project, tmp_path / "tree")
+    result = run(lgg_project, "stages.download", "--dataset", "lgg")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "tree/kaggle_3m/P1/loop") in lines[0], lines
+    assert "data.lgg.archive" in lines[0]
+    assert not (lgg_project / "data/raw/lgg").exists() and not list((lgg_project / "data/raw").glob("lgg.partial-*"))
+
+
+def test_a_link_to_a_folder_holding_it_is_refused_before_anything_is_copied(tmp_path):
+    (tmp_path / "tree/kaggle_3m/P1").mkdir(parents=True)
+    (tmp_path / "tree/kaggle_3m/P1/a.tif").write_bytes(b"\x01")
+    (tmp_path / "tree/kaggle_3m/P1/up").symlink_to("..")  # copying it would copy kaggle_3m into itself, 40 deep
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PipelineError, match="P1/up") as error:
+        unpack_archive(tmp_path / "tree", out, "data.lgg.archive")
+    assert "\n" not in str(error.value) and not list(out.rglob("*.tif"))
