@@ -403,12 +403,19 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: missing; add it to params.yaml"
     got = error.get("input")
+    if kind == "list_type" and key in MATRIX_KEYS:
+        example = f"[{got}]" if isinstance(got, str | int) and not isinstance(got, bool) else "[a, b]"
+        return f"{key}: must be a list (dvc.yaml runs a stage per item), e.g. {example}"
     layout = got.lower() if isinstance(got, str) else ""
     if error["loc"][:2] == ("data", "datasets") and layout in VOLUME_LAYOUT_HINTS:
         return (f"{key}: {error['msg'].lower()} (got {got!r}); a {VOLUME_LAYOUT_HINTS[layout]} dataset is read by "
                 f"dataset 'nifti' with data.nifti.layout: {layout}")
     return f"{key}: {error['msg'].lower()} (got {got!r})"
 
+
+# the keys dvc.yaml's matrices fan out over: DVC itself, given a scalar (`-S data.datasets=lgg`), fails
+# parsing dvc.yaml with "'Value' object is not iterable", before any stage (check_params too) can run
+MATRIX_KEYS = ("data.datasets", "train.models", "cv.datasets", "cv.runs")
 
 # dataset names people try that are layouts of the `nifti` dataset
 VOLUME_LAYOUT_HINTS = {"brats2021": "BraTS 2021", "brats2023": "BraTS 2023", "nnunet": "nnU-Net raw",
