@@ -179,7 +179,8 @@ def _read_volumes(case: VolumeCase, model: Model) -> Scan:
     spec = model.layout
     axis = volumes.SLICE_AXIS[spec["axis"]]
     stack, reference = [], None
-    for _, volume, image in volumes.iter_volumes(list(case.channels), spec["channels_in_file"]):
+    # the user's own files: a bad one is theirs to check, not the download stage's to redo
+    for _, volume, image in volumes.iter_volumes(list(case.channels), spec["channels_in_file"], hint="check the file"):
         reference = reference or image
         stack.append(np.moveaxis(volume, axis, 0))
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0

@@ -282,3 +282,29 @@ def test_export_into_an_unwritable_folder_is_one_line(project, tmp_path):
         assert result.returncode == 1 and result.stderr.strip().splitlines() == [
             line for line in result.stderr.strip().splitlines() if line.startswith("error: ")], result.stderr
         assert message in result.stderr and "enforce fail" not in result.stderr
+
+
+def test_a_bad_volume_the_user_brought_is_not_blamed_on_the_download_stage(project, tmp_path):
+    """bts-predict reads the user's own files: "re-run the download stage" would send them the wrong way."""
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_002"))[0]
+    flair = next(case.glob("*_flair.nii*"))
+    inputs = {}
+    for fault in ("nan", "shape"):
+        folder = tmp_path / fault / case.name
+        folder.mkdir(parents=True)
+        for path in case.glob("*.nii*"):
+            (folder / path.name).write_bytes(path.read_bytes())
+        image = nib.load(folder / flair.name)
+        volume = np.asanyarray(image.dataobj).astype(np.float32)
+        volume = np.where(np.arange(volume.size).reshape(volume.shape) == 0, np.nan, volume) if fault == "nan" \
+            else volume[:-2]
+        nib.save(nib.Nifti1Image(volume, image.affine), folder / flair.name)
+        inputs[fault] = folder / flair.name
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt",
+                 *(str(p.parent) for p in inputs.values()), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    errors = sorted(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert len(errors) == 2, result.stderr
+    assert "holds NaN or infinite voxels" in errors[0] and str(inputs["nan"]) in errors[0]
+    assert "differs from" in errors[1] and str(case.name) in errors[1]
+    assert not any("download" in line for line in errors), errors
