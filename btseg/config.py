@@ -259,6 +259,38 @@ _Yaml12FloatLoader.add_implicit_resolver(
 )
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice: `key` (dotted from the top) at `lines` (1-based)."""
+
+    def __init__(self, key: str, lines: tuple[int, int]):
+        super().__init__(f"{key}: given twice (lines {lines[0]} and {lines[1]}); keep one")
+
+
+class _ParamsLoader(_Yaml12FloatLoader):
+    """Also refuses a key given twice in one mapping: PyYAML would keep the later value without a word,
+    and DVC refuses the whole file (so `dvc exp run` fails before check_params can say why)."""
+
+    def construct_document(self, node):
+        _check_unique_keys(node)
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` overrides on purpose
+                continue
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(".".join((*path, key)), (lines[key], line))
+            lines[key] = line
+            _check_unique_keys(value_node, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, str(index)))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise PipelineError with one line per problem."""
     return parse_params(load_raw_params(path), source=str(path))
@@ -268,9 +300,11 @@ def load_raw_params(path: str | Path = "params.yaml") -> Any:
     """params.yaml as plain YAML data, not yet validated."""
     path = Path(path)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
+    except _DuplicateKey as error:
+        raise PipelineError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({one_line(error)})") from None
 
