@@ -308,3 +308,27 @@ def test_a_bad_volume_the_user_brought_is_not_blamed_on_the_download_stage(proje
     assert "holds NaN or infinite voxels" in errors[0] and str(inputs["nan"]) in errors[0]
     assert "differs from" in errors[1] and str(case.name) in errors[1]
     assert not any("download" in line for line in errors), errors
+
+
+def test_export_replaces_only_a_program_it_wrote(project, tmp_path):
+    notes = tmp_path / "notes.pt2"
+    notes.write_text("my notes")
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    foreign = tmp_path / "other.pt2"  # a torch.export program, but not one of this command's
+    torch.export.save(torch.export.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),)), foreign)
+    before = foreign.read_bytes()
+    (tmp_path / "folder.pt2").mkdir()
+    for out, message in [(notes, "not a program bts-export wrote"), (foreign, "not a program bts-export wrote"),
+                         (text, "use the .pt2 suffix"), (tmp_path / "folder.pt2", "is a folder")]:
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
+        assert result.returncode == 1, (out, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(out) in lines[0] and message in lines[0], lines
+    assert notes.read_text() == "my notes" and text.read_text() == "my notes" and foreign.read_bytes() == before
+
+    out = tmp_path / "unet.pt2"
+    for _ in range(2):  # exporting again over its own export is how a retrained model is re-exported
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert torch.export.load(out).module()(torch.zeros(1, 4, 32, 32)).ndim == 4
