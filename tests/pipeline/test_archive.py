@@ -47,7 +47,7 @@ def set_archive(project: Path, archive: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.parametrize("form", ["folder", "zip"])
+@pytest.mark.parametrize("form", ["folder", "zip", "kaggle_3m"])  # kaggle_3m: the folder a user sees after unzipping
 def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(lgg_project, realdata_lgg, tmp_path, form):
     # the excerpt's patient three times over (the split needs three), under the archive's own names
     tree = tmp_path / "lgg"
@@ -57,8 +57,8 @@ def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(
         shutil.copytree(patient, patient.with_name(other))
         for file in (patient.with_name(other)).iterdir():
             file.rename(file.with_name(file.name.replace("TCGA_CS_4942_19970222", other)))
-    realdata_lgg = tree
-    archive = tree if form == "folder" else zip_tree(tree, tmp_path / "archive.zip")
+    realdata_lgg = tree / "kaggle_3m" if form == "kaggle_3m" else tree  # what the download copies in
+    archive = realdata_lgg if form != "zip" else zip_tree(tree, tmp_path / "archive.zip")
     set_archive(lgg_project, archive)
     result = run(lgg_project, "stages.download", "--dataset", "lgg")
     assert result.returncode == 0, result.stderr
