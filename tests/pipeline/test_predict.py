@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -332,3 +333,39 @@ def test_export_replaces_only_a_program_it_wrote(project, tmp_path):
         result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
         assert result.returncode == 0, result.stderr
     assert torch.export.load(out).module()(torch.zeros(1, 4, 32, 32)).ndim == 4
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    inputs = tmp_path / "c"
+    shutil.copytree(case, inputs / case.name)
+    for attempt in range(2):  # the second run finds the first one's masks inside its input folder
+        result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(inputs),
+                     "--out", str(inputs / "pred"))
+        assert result.returncode == 0, (attempt, result.stderr)
+        assert sorted(p.name for p in (inputs / "pred").iterdir()) == [
+            "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+
+
+def test_a_case_given_twice_is_predicted_and_counted_once(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    inputs = tmp_path / "c"
+    shutil.copytree(case, inputs / case.name)
+    out = tmp_path / "twice"
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(inputs / case.name),
+                 str(inputs / case.name) + "/", str(next((inputs / case.name).glob("*_flair.nii*"))), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1 input(s) predicted" in result.stderr
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
+        "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+    summary = json.loads((out / "BraTS20_Training_001_summary.json").read_text())
+    assert len(summary["input"]) == len(set(summary["input"])) == 4  # each sequence's file once
+
+
+def test_an_input_inside_the_output_folder_is_still_read(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    shutil.copytree(case, tmp_path / "data" / case.name)
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt",
+                 str(tmp_path / "data" / case.name), "--out", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "BraTS20_Training_001_mask.nii.gz").is_file()
