@@ -263,6 +263,38 @@ _Yaml12FloatLoader.add_implicit_resolver(
 )
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice: `key` (dotted from the top) at `lines` (1-based)."""
+
+    def __init__(self, key: str, lines: tuple[int, int]):
+        super().__init__(f"{key}: given twice (lines {lines[0]} and {lines[1]}); keep one")
+
+
+class _ParamsLoader(_Yaml12FloatLoader):
+    """Also refuses a key given twice in one mapping: PyYAML would keep the later value without a word,
+    and DVC refuses the whole file (so `dvc exp run` fails before check_params can say why)."""
+
+    def construct_document(self, node):
+        _check_unique_keys(node)
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` overrides on purpose
+                continue
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(".".join((*path, key)), (lines[key], line))
+            lines[key] = line
+            _check_unique_keys(value_node, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, str(index)))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise PipelineError with one line per problem."""
     return parse_params(load_raw_params(path), source=str(path))
@@ -272,9 +304,11 @@ def load_raw_params(path: str | Path = "params.yaml") -> Any:
     """params.yaml as plain YAML data, not yet validated."""
     path = Path(path)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root") from None
+    except _DuplicateKey as error:
+        raise PipelineError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({one_line(error)})") from None
 
@@ -407,12 +441,19 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: missing; add it to params.yaml"
     got = error.get("input")
+    if kind == "list_type" and key in MATRIX_KEYS:
+        example = f"[{got}]" if isinstance(got, str | int) and not isinstance(got, bool) else "[a, b]"
+        return f"{key}: must be a list (dvc.yaml runs a stage per item), e.g. {example}"
     layout = got.lower() if isinstance(got, str) else ""
     if error["loc"][:2] == ("data", "datasets") and layout in VOLUME_LAYOUT_HINTS:
         return (f"{key}: {error['msg'].lower()} (got {got!r}); a {VOLUME_LAYOUT_HINTS[layout]} dataset is read by "
                 f"dataset 'nifti' with data.nifti.layout: {layout}")
     return f"{key}: {error['msg'].lower()} (got {got!r})"
 
+
+# the keys dvc.yaml's matrices fan out over: DVC itself, given a scalar (`-S data.datasets=lgg`), fails
+# parsing dvc.yaml with "'Value' object is not iterable", before any stage (check_params too) can run
+MATRIX_KEYS = ("data.datasets", "train.models", "cv.datasets", "cv.runs")
 
 # dataset names people try that are layouts of the `nifti` dataset
 VOLUME_LAYOUT_HINTS = {"brats2021": "BraTS 2021", "brats2023": "BraTS 2023", "nnunet": "nnU-Net raw",

@@ -8,7 +8,9 @@ data readers below it."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -45,8 +47,7 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
         if not own.is_dir():
             raise PipelineError(f"params.yaml: data.{dataset}.path: folder {own} not found")
         with atomic_dir(destination) as partial:
-            shutil.rmtree(partial)
-            shutil.copytree(own, partial)
+            copy_folder(own, partial, f"data.{dataset}.path")
         log.info("%s: %s copied into %s", dataset, own, destination)
         return
     archive = getattr(data, dataset).archive
@@ -92,8 +93,7 @@ def unpack_archive(archive: Path, destination: Path, param: str) -> None:
     DVC makes the files it caches read-only, which through a link would reach the originals), a .zip
     is checked whole (CRC of every member) and extracted. The readers then find their layout inside."""
     if archive.is_dir():
-        shutil.rmtree(destination)
-        shutil.copytree(archive, destination)
+        copy_folder(archive, destination, param)
         return
     if not archive.is_file():
         raise PipelineError(f"params.yaml: {param}: {archive} not found; give the unpacked folder or the .zip "
@@ -110,3 +110,47 @@ def unpack_archive(archive: Path, destination: Path, param: str) -> None:
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise PipelineError(f"{archive}: not a readable .zip ({one_line(error, 160)}); download it again "
                             f"or give the unpacked folder in {param}") from None
+
+
+def copy_folder(source: Path, destination: Path, param: str) -> None:
+    """Replace the empty folder `destination` with a copy of `source`, links followed (the copy holds
+    files, not links). A link that never ends (a cycle of links, or a link to a folder holding it,
+    which copytree would follow 40 levels deep) is refused before anything is copied; any other
+    failure to copy is one line naming the first path at fault."""
+    try:
+        loop = _symlink_loop(source)
+    except OSError as error:
+        raise PipelineError(f"params.yaml: {param}: cannot read {source} ({one_line(error, 160)})") from None
+    if loop is not None:
+        raise PipelineError(f"{loop}: a symbolic link that leads back to itself or to a folder holding it; "
+                            f"remove it from the folder in params.yaml {param}")
+    shutil.rmtree(destination)
+    try:
+        shutil.copytree(source, destination)
+    except shutil.Error as error:  # copytree goes on past a failed file and reports them all at the end
+        (path, _, why), *others = error.args[0]
+        more = f" and {len(others)} more" if others else ""
+        raise PipelineError(f"params.yaml: {param}: cannot copy {path} ({one_line(why, 160)}){more}") from None
+    except OSError as error:
+        raise PipelineError(f"params.yaml: {param}: cannot copy {source} ({one_line(error, 160)})") from None
+
+
+def _symlink_loop(folder: Path, holders: frozenset[str] = frozenset()) -> Path | None:
+    """The first link under `folder` that leads to itself or to a folder holding it, or None.
+    Links to folders are followed, as copytree follows them; `holders` are the real paths above."""
+    holders = holders | {os.path.realpath(folder)}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink():
+            try:
+                path.stat()
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    return path
+                continue  # a dangling link: the copy names it
+            if os.path.realpath(path) in holders:
+                return path
+        if path.is_dir():
+            found = _symlink_loop(path, holders)
+            if found is not None:
+                return found
+    return None

@@ -4,6 +4,7 @@ nothing of ours, so every module can use it."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,10 +24,19 @@ def one_line(error: BaseException, limit: int | None = None) -> str:
 
 
 def run_stage(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's `main`, turning expected failures into one line on stderr and exit code 1."""
+    """Run a stage's `main`, turning expected failures into one line on stderr and exit code 1.
+
+    A reader that closed stdout early (`bts-recipe --list | head -1`) ends the command quietly with
+    141, the status a shell gives a command killed by SIGPIPE, as `ls | head` would.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a broken pipe often shows only when the buffer is written
+    except BrokenPipeError:
+        # Python's recipe (docs, signal module): point stdout at devnull so the flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -9,7 +9,7 @@ A recipe is recipes/<name>.yaml in the repository: a `description` and the param
 dotted key. Each setting becomes a `dvc exp run -S` override, so `dvc exp show` records every value
 that differs from params.yaml (and `recipe` names the recipe), `dvc repro` and further `-S` work
 as usual (given after the recipe's, they win), and params.yaml itself is left as it is. The
-recipe is checked against params validation before DVC starts.
+recipe, with any further `-S`, is checked against params validation before DVC starts.
 """
 
 from __future__ import annotations
@@ -65,14 +65,39 @@ def apply(raw: dict, settings: dict, source: str) -> dict:
     return result
 
 
-def command(name: str, params: Path = Path("params.yaml"), folder: Path = RECIPES, extra: Sequence[str] = ()) -> list[str]:
-    """The `dvc exp run` command line of recipe `name`, after checking it against params validation."""
+def command(name: str, params: Path = Path("params.yaml"), folder: Path = RECIPES, overrides: Sequence[str] = (),
+            extra: Sequence[str] = ()) -> list[str]:
+    """The `dvc exp run` command line of recipe `name`, the further `-S` `overrides` after its own (so they
+    win), then `extra`; the recipe and each experiment the overrides make are checked first."""
     recipe = read_recipe(name, folder)
     source = str(folder / f"{name}.yaml")
-    raw = load_raw_params(params)
-    parse_params(apply(raw, {"recipe": name, **recipe["set"]}, source), source=f"{params} with {source}")
-    overrides = [f"recipe={name}"] + [f"{key}={_value(value)}" for key, value in recipe["set"].items()]
-    return ["dvc", "exp", "run", *(part for o in overrides for part in ("-S", o)), *extra]
+    raw = apply(load_raw_params(params), {"recipe": name, **recipe["set"]}, source)
+    parse_params(raw, source=f"{params} with {source}")
+    for settings in _set_params(overrides):
+        if settings:
+            parse_params(apply(raw, settings, "bts-recipe -S"), source=f"{params} with {source} and -S")
+    sets = [f"recipe={name}"] + [f"{key}={_value(value)}" for key, value in recipe["set"].items()] + list(overrides)
+    return ["dvc", "exp", "run", *(part for o in sets for part in ("-S", o)), *extra]
+
+
+def _set_params(overrides: Sequence[str]) -> list[dict]:
+    """The experiments `-S` overrides stand for (a sweep `train.epochs=5,10` is two), each {dotted key: value},
+    read by DVC's own parser (Hydra's grammar: `[lgg]` a list, `1e-3` a float). Deletions (`~key`) and
+    keys of other params files (`file.yaml:key=...`) are left to DVC and check_params."""
+    mine = [o for o in overrides if ":" not in o.partition("=")[0]]
+    if not mine:
+        return []
+    from dvc.exceptions import InvalidArgumentError  # noqa: PLC0415 - only overrides need DVC
+    from dvc.utils.hydra import get_hydra_sweeps, to_hydra_overrides  # noqa: PLC0415
+    from hydra.core.override_parser.types import OverrideType  # noqa: PLC0415
+    from hydra.errors import HydraException  # noqa: PLC0415
+
+    try:
+        return [{o.key_or_group: o.value() for o in to_hydra_overrides(experiment["params.yaml"])
+                 if o.type != OverrideType.DEL}
+                for experiment in get_hydra_sweeps({"params.yaml": mine})]
+    except (HydraException, InvalidArgumentError) as error:
+        raise PipelineError(f"-S {' '.join(mine)}: not an override DVC can read ({one_line(error, 160)})") from None
 
 
 def _value(value) -> str:
@@ -94,8 +119,7 @@ def main(argv: Sequence[str]) -> None:
         for name, description in available().items():
             print(f"{name:<12} {description}")
         return
-    extra = [part for o in args.set_param for part in ("-S", o)] + (["--queue"] if args.queue else [])
-    dvc = command(args.name, args.params, extra=extra)
+    dvc = command(args.name, args.params, overrides=args.set_param, extra=["--queue"] if args.queue else [])
     print(" ".join(dvc), flush=True)
     if not args.dry_run:
         code = subprocess.run([sys.executable, "-m", *dvc]).returncode

@@ -289,3 +289,51 @@ def test_encoder_weights_need_the_resnet_model(tmp_path):
     raw["train"].update(encoder_weights=str(weights), models=["unet"])
     with pytest.raises(PipelineError, match="train.encoder_weights: only resnet34_unet uses encoder weights"):
         parse_params(raw)
+
+
+def matrix_keys() -> set[str]:
+    """The params keys dvc.yaml fans stages out over (`matrix: {dataset: ${data.datasets}}`)."""
+    stages = yaml.safe_load((PARAMS_YAML.parent / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {re.fullmatch(r"\$\{(.+)\}", value).group(1)
+            for stage in stages.values() for value in stage.get("matrix", {}).values()}
+
+
+@pytest.mark.parametrize("key", sorted(matrix_keys()))
+def test_a_scalar_for_a_matrix_key_says_it_must_be_a_list(key):
+    # `dvc exp run -S data.datasets=tumor_coco` gives a string; DVC itself fails with "'Value' object is not iterable"
+    section, leaf = key.split(".")
+    value = "lgg" if leaf == "datasets" else "unet" if leaf == "models" else 0
+    with pytest.raises(PipelineError) as error:
+        parse_params(mutated(setting(section, leaf, value)))
+    assert str(error.value) == f"params.yaml: {key}: must be a list (dvc.yaml runs a stage per item), e.g. [{value}]"
+
+
+def test_check_params_stage_refuses_a_scalar_datasets_in_one_line(tmp_path):
+    from tests.conftest import run_in  # noqa: PLC0415
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(mutated(setting("data", "datasets", "tumor_coco"))))
+    result = run_in(tmp_path, "stages.check_params")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: params.yaml: data.datasets: must be a list (dvc.yaml runs a stage per item), e.g. [tumor_coco]"]
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path):
+    # PyYAML keeps the last value silently; DVC refuses the file, so check_params must too, before it
+    lines = PARAMS_YAML.read_text(encoding="utf-8").splitlines()
+    epochs = next(n for n, line in enumerate(lines) if line.startswith("  epochs: "))  # train.epochs
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join([*lines[:epochs + 1], "  epochs: 99", *lines[epochs + 1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: train.epochs: given twice (lines {epochs + 1} and {epochs + 2}); keep one"
+
+    report = lines.index("report:")
+    path.write_text("\n".join([*lines, "report:", "  display_channel: flair"]) + "\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: report: given twice (lines {report + 1} and {len(lines) + 1}); keep one"
+
+
+def test_the_same_key_in_different_sections_is_fine(tmp_path):
+    assert "datasets" in RAW["data"] and "datasets" in RAW["cv"]  # the repository's params.yaml already does it
+    assert load_params(PARAMS_YAML).cv.datasets == RAW["cv"]["datasets"]

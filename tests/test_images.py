@@ -65,3 +65,42 @@ def test_coco_and_lgg_readers_refuse_truncated_real_files(tmp_path, realdata_coc
     tif.write_bytes(tif.read_bytes()[:4000])
     with pytest.raises(PipelineError, match=f"{tif}: TIFF file ends before"):
         lgg.read_case(case, options)
+
+
+def float_tiff(path: Path, channels: int = 1, dtype=np.float32) -> np.ndarray:
+    """A float TIFF of MRI-like values (not 0..255) written by OpenCV; returns what it holds, (H, W[, C])."""
+    image = np.random.default_rng(1).uniform(-50.0, 3000.0, (40, 30) if channels == 1 else (40, 30, channels))
+    image = image.astype(dtype)
+    assert cv2.imwrite(str(path), image)
+    return image
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_float_tiff_is_read_with_its_values_as_grey_or_colour(tmp_path, dtype):
+    path = tmp_path / "scan.tif"
+    stored = float_tiff(path, dtype=dtype)
+    for flags in (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH, cv2.IMREAD_UNCHANGED):
+        grey = decode(path, flags, "image", "check the file")
+        assert grey.dtype == np.float32 and grey.shape == (40, 30)
+        np.testing.assert_allclose(grey, stored, rtol=1e-6)  # values as stored: no scaling into 8 bits
+    colour = decode(path, cv2.IMREAD_COLOR, "image", "check the file")
+    assert colour.dtype == np.float32 and colour.shape == (40, 30, 3)
+    for channel in range(3):
+        np.testing.assert_allclose(colour[..., channel], stored, rtol=1e-6)
+
+
+def test_a_three_channel_float_tiff_read_as_grey_is_its_luminance(tmp_path):
+    path = tmp_path / "rgb.tif"
+    stored = float_tiff(path, channels=3)
+    grey = decode(path, cv2.IMREAD_GRAYSCALE, "image", "check the file")
+    expected = 0.114 * stored[..., 0] + 0.587 * stored[..., 1] + 0.299 * stored[..., 2]  # BGR, as OpenCV weighs it
+    np.testing.assert_allclose(grey, expected, rtol=1e-4)
+
+
+def test_a_float_tiff_holding_nan_is_refused_naming_it(tmp_path):
+    path = tmp_path / "scan.tif"
+    image = np.ones((8, 8), np.float32)
+    image[2, 3] = np.nan
+    cv2.imwrite(str(path), image)
+    with pytest.raises(PipelineError, match=rf"^{path}: image holds NaN or infinite values; check the file$"):
+        decode(path, cv2.IMREAD_GRAYSCALE, "image", "check the file")

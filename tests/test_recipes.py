@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,30 @@ def test_an_unknown_recipe_lists_the_available_ones(tmp_path: Path):
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({"description": "d", "set": {}}))
     with pytest.raises(PipelineError, match=r"recipe 'two': no .*two.yaml; available: \['one'\]"):
         command("two", REPO / "params.yaml", tmp_path)
+
+
+def test_a_closed_stdout_ends_the_listing_quietly():
+    """`bts-recipe --list | head -0`: the reader went away, which is not an error worth a traceback."""
+    listing = subprocess.Popen([sys.executable, "-m", "btseg.recipes", "--list"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    listing.stdout.close()  # before the listing writes a byte
+    stderr = listing.stderr.read()
+    assert listing.wait(timeout=120) in (0, 141) and stderr == ""
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.datasets=tumor_coco", "data.datasets: must be a list (dvc.yaml runs a stage per item), e.g. [tumor_coco]"),
+    ("train.epochz=3", "train.epochz: no such key in params.yaml"),
+])
+def test_a_further_set_param_is_checked_before_dvc_starts(override, message):
+    result = subprocess.run([sys.executable, "-m", "btseg.recipes", "lgg_cpu", "-S", override, "--dry-run"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and override.partition("=")[0] in lines[0], lines
+
+
+def test_further_set_params_follow_the_recipe_and_win(tmp_path):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"description": "d", "set": {"train.epochs": 3}}))
+    dvc = command("r", REPO / "params.yaml", tmp_path, overrides=["train.epochs=5", "train.learning_rate=1e-3"])
+    assert dvc[-4:] == ["-S", "train.epochs=5", "-S", "train.learning_rate=1e-3"]

@@ -174,7 +174,9 @@ def _check_options(options) -> None:
 
 
 def _find_trees(root: Path) -> list[Path]:
-    """Every folder named kaggle_3m under root (root included), shallowest first."""
+    """Every folder named kaggle_3m under root (root included), shallowest first. With none, root
+    itself when it directly holds patient folders: data.lgg.archive pointed at kaggle_3m (the folder
+    a user sees after unzipping) is copied into data/raw/lgg without its name."""
     trees = []
     for folder, subfolders, _ in os.walk(root):
         folder = Path(folder)
@@ -183,7 +185,14 @@ def _find_trees(root: Path) -> list[Path]:
             subfolders.clear()  # case folders hold no further trees
         else:
             subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
+    if not trees and root.is_dir() and any(_is_case_folder(p) for p in root.iterdir() if p.is_dir()):
+        return [root]
     return sorted(trees, key=lambda tree: (len(tree.relative_to(root).parts), str(tree)))
+
+
+def _is_case_folder(folder: Path) -> bool:
+    """Whether `folder` holds a slice of the case it is named after (`TCGA_CS_4942_19970222_1.tif`)."""
+    return any((match := SLICE_NAME.fullmatch(path.name)) and match["case"] == folder.name for path in folder.iterdir())
 
 
 def _case_ref(root: Path, case_dir: Path) -> CaseRef:

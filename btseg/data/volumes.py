@@ -61,6 +61,7 @@ NIFTI = (".nii", ".nii.gz")  # .nii first: where a folder holds both, the uncomp
 SLICE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis (after reorientation) each direction cuts along
 SKIPPED_DIRS = ("__MACOSX",)  # macOS zips mirror every case folder here, full of `._` resource forks
 AFFINE_TOLERANCE_MM = 1e-3
+DOWNLOAD_HINT = "re-run the download stage"  # what to do about a bad file the pipeline itself downloaded
 LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net / Decathlon label maps: never prediction inputs
 
 # Folder-per-case presets: the case folder's name, each sequence's file and the label map's, without
@@ -341,7 +342,8 @@ def read_case(case: CaseRef, options) -> Case:
         raise PipelineError(f"case {case.case_id}: {len(channels)} image files but {param}.input_channels has "
                             f"{len(options.input_channels)}; list the cases again with the same params")
     image = reference = None
-    for channel, (path, volume, source) in enumerate(iter_volumes(channels, case.extra["channels_in_file"])):
+    read = iter_volumes(channels, case.extra["channels_in_file"], hint=DOWNLOAD_HINT)
+    for channel, (path, volume, source) in enumerate(read):
         reference = reference or (path, source.shape[:3], source.affine)  # the grid the label map must share
         if image is None:
             image = np.empty((volume.shape[axis], len(channels)) + _in_plane(volume.shape, axis), np.float32)
@@ -350,7 +352,7 @@ def read_case(case: CaseRef, options) -> Case:
 
     label_file = case.extra["label"]
     seg, header = read_nifti(label_file)
-    check_same_grid(label_file, seg.shape, header.affine, reference)
+    check_same_grid(label_file, seg.shape, header.affine, reference, hint=DOWNLOAD_HINT)
     seg = np.moveaxis(to_canonical(seg, header.affine), axis, 0)
     values = [_values(v) for v in options.labels.values()]
     allowed = [0] + [v for group in values for v in group]
@@ -363,7 +365,7 @@ def read_case(case: CaseRef, options) -> Case:
     if case.extra.get("mask") is not None:
         mask_file = case.extra["mask"]
         mask, header = read_nifti(mask_file)
-        check_same_grid(mask_file, mask.shape, header.affine, reference)
+        check_same_grid(mask_file, mask.shape, header.affine, reference, hint=DOWNLOAD_HINT)
         outside = np.moveaxis(to_canonical(mask, header.affine), axis, 0) == 0
         image *= ~outside[:, None]
 
@@ -383,10 +385,11 @@ def read_case(case: CaseRef, options) -> Case:
     )
 
 
-def iter_volumes(channels: list[tuple[Path, int | None]], channels_in_file: int):
+def iter_volumes(channels: list[tuple[Path, int | None]], channels_in_file: int, *, hint: str):
     """Each (file, 4D index or None) in turn as (file, volume in canonical orientation, its image),
     every volume checked to lie on the first one's grid and to hold finite values; a 4D image is read
-    once for all its channels. Used by preprocess and predict alike."""
+    once for all its channels. Used by preprocess and predict alike: `hint` ends a message about a
+    bad file with what to do, which differs between the download's files and the user's own."""
     grid = held = None  # held: (file, array, image) of the 4D image in hand
     for path, index in channels:
         if index is None:
@@ -396,9 +399,9 @@ def iter_volumes(channels: list[tuple[Path, int | None]], channels_in_file: int)
                 held = (path, *read_nifti(path, dtype=np.float32, channels=channels_in_file))
             volume, image = held[1][..., index], held[2]
         grid = grid or (path, volume.shape, image.affine)
-        check_same_grid(path, volume.shape, image.affine, grid)
+        check_same_grid(path, volume.shape, image.affine, grid, hint=hint)
         if not np.isfinite(volume).all():
-            raise PipelineError(f"{path}: holds NaN or infinite voxels; the file is corrupt, re-run the download stage")
+            raise PipelineError(f"{path}: holds NaN or infinite voxels (a corrupt or badly exported file); {hint}")
         yield path, to_canonical(volume, image.affine), image
 
 
@@ -441,12 +444,12 @@ def read_nifti(path: Path, dtype=None, channels: int = 0) -> tuple[np.ndarray, n
     return volume, image
 
 
-def check_same_grid(path: Path, shape: tuple, affine: np.ndarray, reference: tuple) -> None:
-    """Every volume of a case on the first one's voxel grid: same shape, same affine."""
+def check_same_grid(path: Path, shape: tuple, affine: np.ndarray, reference: tuple, *, hint: str) -> None:
+    """Every volume of a case on the first one's voxel grid: same shape, same affine (`hint`: see iter_volumes)."""
     first, first_shape, first_affine = reference
     if shape[:3] != first_shape[:3]:
         raise PipelineError(f"{path}: shape {shape[:3]} differs from {first.name} {first_shape[:3]}; "
-                            "every volume of a case must match, re-run the download stage")
+                            f"every volume of a case must match, {hint}")
     if not np.allclose(affine, first_affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         raise PipelineError(f"{path}: affine (voxel-to-world) differs from {first.name}'s; every volume of a case "
                             "must lie on the same grid: register or resample them first")

@@ -3,6 +3,7 @@
 The .pt2 file holds the network's graph and weights; loading it needs PyTorch only, not this
 package: `torch.export.load("model.pt2").module()(x)` with x float32 (N, C, H, W) prepared as the
 embedded `preprocessing.json` says, returning logits (N, K, H, W). The batch size is dynamic.
+An existing --out is replaced only when it is such a program (a re-export); any other file is left alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import logging
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from btseg.fileio import atomic_file
 from btseg.inference.scans import load_model
 
 log = logging.getLogger("btseg.inference.export")
+META_FILE = "preprocessing.json"  # embedded in the program's archive as <name>/extra/preprocessing.json
 
 
 def export(model_path: Path, out: Path) -> dict:
@@ -39,14 +42,19 @@ def export(model_path: Path, out: Path) -> dict:
             "preprocessing": model.settings.__dict__, "model": model.summary}
     try:
         with atomic_file(out) as partial:
-            torch.export.save(program, partial, extra_files={"preprocessing.json": json.dumps(meta, default=list)})
+            torch.export.save(program, partial, extra_files={META_FILE: json.dumps(meta, default=list)})
     except (OSError, RuntimeError) as error:  # torch's writer reports a full disk or lost folder as RuntimeError
         raise PipelineError(f"--out {out}: cannot write ({one_line(error, 120)})") from None
     return meta
 
 
 def _check_writable(out: Path) -> None:
-    """Fail before the export's work when the output folder cannot take a file."""
+    """Fail before the export's work when the output folder cannot take a file, or `out` is something
+    other than a program this command wrote (which it must not overwrite)."""
+    if out.is_dir():
+        raise PipelineError(f"--out {out}: is a folder; give a file name ending in .pt2")
+    if out.exists() and not _is_export(out):
+        raise PipelineError(f"--out {out}: exists and is not a program bts-export wrote; move it or pick another name")
     folder = out.parent
     if not folder.is_dir():
         raise PipelineError(f"--out {out}: {folder} is not an existing folder")
@@ -55,6 +63,17 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as error:
         raise PipelineError(f"--out {out}: cannot write in {folder} ({error.strerror})") from None
+
+
+def _is_export(path: Path) -> bool:
+    """Whether `path` is a torch.export archive carrying this command's metadata file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.endswith(f"/extra/{META_FILE}") for name in names) and any(
+        name.endswith("/archive_format") for name in names)
 
 
 def main(argv: Sequence[str]) -> None:

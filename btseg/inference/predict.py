@@ -37,7 +37,7 @@ def main(argv: Sequence[str]) -> None:
     model = load_model(args.model)
     if model.trained_on_sample:
         log.warning("%s: %s", args.model, SAMPLE_WARNING)
-    groups, problems = find_scans(args.inputs, model)
+    groups, problems = find_scans(args.inputs, model, args.out)
     done = 0
     for group, folder in zip(groups, output_folders(groups)):
         try:

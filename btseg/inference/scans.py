@@ -104,17 +104,31 @@ class VolumeCase:
     channels: tuple[tuple[Path, int | None], ...]
 
 
-def find_scans(paths: list[Path], model: Model) -> tuple[list[Path | list[Path] | VolumeCase], list[str]]:
-    """Group the given files/folders into inputs: NIfTI cases, h5 volumes, single images."""
+def find_scans(paths: list[Path], model: Model, out: Path | None = None
+               ) -> tuple[list[Path | list[Path] | VolumeCase], list[str]]:
+    """Group the given files/folders into inputs: NIfTI cases, h5 volumes, single images.
+
+    A file reached twice (`c c`, or a folder and a file in it) is read once. A folder's files under
+    `out` (the --out folder inside an input folder: an earlier run's masks) are not inputs, unless
+    the folder itself lies under `out`."""
     groups: list[Path | list[Path] | VolumeCase] = []
     problems: list[str] = []
     nifti: list[Path] = []
     h5_by_volume: dict[str, list[Path]] = {}
+    outputs = out.resolve() if out is not None else None
+    seen: set[Path] = set()
     for path in paths:
         if not path.exists():
             problems.append(f"{path}: not found")
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        skip_outputs = path.is_dir() and outputs is not None and not path.resolve().is_relative_to(outputs)
+        files = []
+        for p in found:
+            real = p.resolve()
+            if real not in seen and not (skip_outputs and real.is_relative_to(outputs)):
+                seen.add(real)
+                files.append(p)
         nifti += [p for p in files if p.name.endswith(volumes.NIFTI) and not p.name.startswith(".")]
         for p in files:
             if p.suffix == ".h5":
@@ -176,7 +190,8 @@ def _read_volumes(case: VolumeCase, model: Model) -> Scan:
     spec = model.layout
     axis = volumes.SLICE_AXIS[spec["axis"]]
     stack, reference = [], None
-    for _, volume, image in volumes.iter_volumes(list(case.channels), spec["channels_in_file"]):
+    # the user's own files: a bad one is theirs to check, not the download stage's to redo
+    for _, volume, image in volumes.iter_volumes(list(case.channels), spec["channels_in_file"], hint="check the file"):
         reference = reference or image
         stack.append(np.moveaxis(volume, axis, 0))
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0

@@ -66,6 +66,22 @@ def test_real_case_is_listed_with_slices_in_numeric_order(realdata_lgg):
     assert len(case.files) == 40
 
 
+def test_the_kaggle_3m_folder_copied_in_without_its_name_is_read(realdata_lgg, tmp_path):
+    # data.lgg.archive pointed at kaggle_3m itself: the download copies its patient folders straight into data/raw/lgg
+    raw = tmp_path / "raw_lgg"
+    shutil.copytree(realdata_lgg / "kaggle_3m", raw)
+    cases = lgg.list_cases(raw, lgg_options())
+    assert [c.case_id for c in cases] == [REAL_CASE] and len(cases[0].files) == 40
+    assert lgg.read_case(cases[0], lgg_options()).image.shape == (20, 3, 256, 256)
+
+
+def test_a_folder_of_other_folders_is_still_not_a_tree(tmp_path):
+    (tmp_path / "photos" / "holiday").mkdir(parents=True)
+    (tmp_path / "photos" / "holiday" / "beach_1.tif").write_bytes(b"x")  # a slice name, but not of its folder
+    with pytest.raises(PipelineError, match="no kaggle_3m/<case>/<case>_<k>.tif slices found"):
+        lgg.list_cases(tmp_path / "photos", lgg_options())
+
+
 def test_real_case_shapes_and_tumor_slices_match_the_mask_files(realdata_lgg):
     case_ref = lgg.list_cases(realdata_lgg, lgg_options())[0]
     case = lgg.read_case(case_ref, lgg_options())

@@ -44,7 +44,7 @@ def set_archive(project: Path, archive: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.parametrize("form", ["folder", "zip"])
+@pytest.mark.parametrize("form", ["folder", "zip", "kaggle_3m"])  # kaggle_3m: the folder a user sees after unzipping
 def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(lgg_project, realdata_lgg, tmp_path, form):
     # the excerpt's patient three times over (the split needs three), under the archive's own names
     tree = tmp_path / "lgg"
@@ -54,8 +54,8 @@ def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(
         shutil.copytree(patient, patient.with_name(other))
         for file in (patient.with_name(other)).iterdir():
             file.rename(file.with_name(file.name.replace("TCGA_CS_4942_19970222", other)))
-    realdata_lgg = tree
-    archive = tree if form == "folder" else zip_tree(tree, tmp_path / "archive.zip")
+    realdata_lgg = tree / "kaggle_3m" if form == "kaggle_3m" else tree  # what the download copies in
+    archive = realdata_lgg if form != "zip" else zip_tree(tree, tmp_path / "archive.zip")
     set_archive(lgg_project, archive)
     result = run(lgg_project, "stages.download", "--dataset", "lgg")
     assert result.returncode == 0, result.stderr
@@ -119,3 +119,27 @@ def test_a_zip_member_outside_the_folder_is_refused(tmp_path):
 
 def run(project: Path, *args: str):
     return run_in(project, *args, env={**os.environ, **OFFLINE})
+
+
+def test_a_symlink_loop_in_an_archive_folder_fails_in_one_line_naming_the_link(lgg_project, tmp_path):
+    (tmp_path / "tree/kaggle_3m/P1").mkdir(parents=True)
+    (tmp_path / "tree/kaggle_3m/P1/a.tif").write_bytes(b"\x01")
+    (tmp_path / "tree/kaggle_3m/P1/loop").symlink_to("loop")  # a link to itself
+    set_archive(lgg_project, tmp_path / "tree")
+    result = run(lgg_project, "stages.download", "--dataset", "lgg")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "tree/kaggle_3m/P1/loop") in lines[0], lines
+    assert "data.lgg.archive" in lines[0]
+    assert not (lgg_project / "data/raw/lgg").exists() and not list((lgg_project / "data/raw").glob("lgg.partial-*"))
+
+
+def test_a_link_to_a_folder_holding_it_is_refused_before_anything_is_copied(tmp_path):
+    (tmp_path / "tree/kaggle_3m/P1").mkdir(parents=True)
+    (tmp_path / "tree/kaggle_3m/P1/a.tif").write_bytes(b"\x01")
+    (tmp_path / "tree/kaggle_3m/P1/up").symlink_to("..")  # copying it would copy kaggle_3m into itself, 40 deep
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PipelineError, match="P1/up") as error:
+        unpack_archive(tmp_path / "tree", out, "data.lgg.archive")
+    assert "\n" not in str(error.value) and not list(out.rglob("*.tif"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,89 @@ def test_export_into_an_unwritable_folder_is_one_line(project, tmp_path):
         assert result.returncode == 1 and result.stderr.strip().splitlines() == [
             line for line in result.stderr.strip().splitlines() if line.startswith("error: ")], result.stderr
         assert message in result.stderr and "enforce fail" not in result.stderr
+
+
+def test_a_bad_volume_the_user_brought_is_not_blamed_on_the_download_stage(project, tmp_path):
+    """bts-predict reads the user's own files: "re-run the download stage" would send them the wrong way."""
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_002"))[0]
+    flair = next(case.glob("*_flair.nii*"))
+    inputs = {}
+    for fault in ("nan", "shape"):
+        folder = tmp_path / fault / case.name
+        folder.mkdir(parents=True)
+        for path in case.glob("*.nii*"):
+            (folder / path.name).write_bytes(path.read_bytes())
+        image = nib.load(folder / flair.name)
+        volume = np.asanyarray(image.dataobj).astype(np.float32)
+        volume = np.where(np.arange(volume.size).reshape(volume.shape) == 0, np.nan, volume) if fault == "nan" \
+            else volume[:-2]
+        nib.save(nib.Nifti1Image(volume, image.affine), folder / flair.name)
+        inputs[fault] = folder / flair.name
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt",
+                 *(str(p.parent) for p in inputs.values()), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    errors = sorted(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert len(errors) == 2, result.stderr
+    assert "holds NaN or infinite voxels" in errors[0] and str(inputs["nan"]) in errors[0]
+    assert "differs from" in errors[1] and str(case.name) in errors[1]
+    assert not any("download" in line for line in errors), errors
+
+
+def test_export_replaces_only_a_program_it_wrote(project, tmp_path):
+    notes = tmp_path / "notes.pt2"
+    notes.write_text("my notes")
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    foreign = tmp_path / "other.pt2"  # a torch.export program, but not one of this command's
+    torch.export.save(torch.export.export(torch.nn.Conv2d(1, 1, 3), (torch.zeros(1, 1, 8, 8),)), foreign)
+    before = foreign.read_bytes()
+    (tmp_path / "folder.pt2").mkdir()
+    for out, message in [(notes, "not a program bts-export wrote"), (foreign, "not a program bts-export wrote"),
+                         (text, "use the .pt2 suffix"), (tmp_path / "folder.pt2", "is a folder")]:
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
+        assert result.returncode == 1, (out, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(out) in lines[0] and message in lines[0], lines
+    assert notes.read_text() == "my notes" and text.read_text() == "my notes" and foreign.read_bytes() == before
+
+    out = tmp_path / "unet.pt2"
+    for _ in range(2):  # exporting again over its own export is how a retrained model is re-exported
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert torch.export.load(out).module()(torch.zeros(1, 4, 32, 32)).ndim == 4
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    inputs = tmp_path / "c"
+    shutil.copytree(case, inputs / case.name)
+    for attempt in range(2):  # the second run finds the first one's masks inside its input folder
+        result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(inputs),
+                     "--out", str(inputs / "pred"))
+        assert result.returncode == 0, (attempt, result.stderr)
+        assert sorted(p.name for p in (inputs / "pred").iterdir()) == [
+            "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+
+
+def test_a_case_given_twice_is_predicted_and_counted_once(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    inputs = tmp_path / "c"
+    shutil.copytree(case, inputs / case.name)
+    out = tmp_path / "twice"
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(inputs / case.name),
+                 str(inputs / case.name) + "/", str(next((inputs / case.name).glob("*_flair.nii*"))), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "1 input(s) predicted" in result.stderr
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
+        "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+    summary = json.loads((out / "BraTS20_Training_001_summary.json").read_text())
+    assert len(summary["input"]) == len(set(summary["input"])) == 4  # each sequence's file once
+
+
+def test_an_input_inside_the_output_folder_is_still_read(project, tmp_path):
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    shutil.copytree(case, tmp_path / "data" / case.name)
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt",
+                 str(tmp_path / "data" / case.name), "--out", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "BraTS20_Training_001_mask.nii.gz").is_file()
