@@ -60,7 +60,7 @@ def main() -> None:
 
 def minutes(run: Path, dataset: str, model: str):
     """Training minutes at the end of each epoch, from the epoch times the checkpoint keeps."""
-    checkpoint = read_checkpoint(run / "models" / dataset / model / "checkpoint.pt")
+    checkpoint = read_checkpoint(run / "checkpoints" / dataset / model / "checkpoint.pt")
     return pd.DataFrame(checkpoint["history"]).seconds.cumsum().to_numpy() / 60
 
 

@@ -251,7 +251,7 @@ def synthetic_step(stepper: Stepper, args, device: torch.device) -> Callable[[in
     stepper.model.train()
 
     def step(i: int) -> None:
-        stepper.backward(*batches[i % len(batches)])
+        stepper.forward_backward(*batches[i % len(batches)])
         stepper.update()
     return step
 
@@ -271,7 +271,7 @@ def real_step(stepper: Stepper, data: SliceSet, config: TrainParams, device: tor
             state["iterator"], state["batch"] = iter(loader), 0
             images, masks = next(state["iterator"])
         state["batch"] += 1
-        stepper.backward(images, masks, augmenter, state["epoch"], state["batch"])
+        stepper.forward_backward(images, masks, augmenter, state["epoch"], state["batch"])
         stepper.update()
     return step
 

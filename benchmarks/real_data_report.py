@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
-    contents = read_checkpoint(args.run / "models" / args.dataset / args.model / "checkpoint.pt")
+    contents = read_checkpoint(args.run / "checkpoints" / args.dataset / args.model / "checkpoint.pt")
     history = pd.DataFrame(contents["history"])
     history["minutes"] = history.seconds.cumsum() / 60
     metrics = json.loads((args.run / "reports" / args.dataset / args.model / "evaluation/metrics_full.json").read_text())

@@ -41,7 +41,7 @@ def test_bf16_step_on_the_cpu_learns_like_fp32():
         model = create_model("unet", in_channels=1, base_channels=4, depth=2)
         stepper = Stepper(model, config({"precision": precision}, learning_rate=0.01), torch.device("cpu"))
         for _ in range(5):
-            loss = stepper.backward(images, masks)
+            loss = stepper.forward_backward(images, masks)
             stepper.update()
         losses[precision] = float(loss)
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
@@ -90,7 +90,7 @@ def test_compiled_step_trains_the_model_it_was_given():
     stepper = Stepper(model, config({"compile": True}, learning_rate=0.01), torch.device("cpu"))
     assert stepper.forward is not model
     for _ in range(2):
-        loss = stepper.backward(images, masks)
+        loss = stepper.forward_backward(images, masks)
         stepper.update()
     assert torch.isfinite(loss)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -107,10 +107,10 @@ def test_cuda_step_runs_bf16_channels_last_with_a_fused_optimizer():
     weight = next(p for p in model.parameters() if p.dim() == 4)
     assert weight.is_contiguous(memory_format=torch.channels_last)
     images, masks = torch.from_numpy(data.images).pin_memory(), torch.from_numpy(data.masks).pin_memory()
-    first = stepper.backward(images, masks)
+    first = stepper.forward_backward(images, masks)
     stepper.update()
     for _ in range(20):
-        loss = stepper.backward(images, masks)
+        loss = stepper.forward_backward(images, masks)
         stepper.update()
     assert torch.isfinite(loss) and loss < first
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -147,3 +150,43 @@ def test_loss_log_has_one_row_per_split_and_epoch_and_a_redone_epoch_replaces_it
         rows = [(int(r["step"]), r["split"], float(r["loss"])) for r in csv.DictReader(handle)]
     assert rows == [(0, "train", 0.9), (0, "validation", 0.8), (1, "train", 0.65), (1, "validation", 0.58)]
     assert not list(tmp_path.glob("*partial*"))
+
+
+def test_a_fresh_run_keeps_the_last_curves_until_its_first_epoch(tmp_path):
+    from btseg.training.run import TrainingLog
+
+    folder = tmp_path / "dvclive"
+    (folder / "plots/metrics").mkdir(parents=True)
+    (folder / "plots/metrics/val_case_dice.tsv").write_text("step\tval_case_dice\n0\t0.5\n")
+    log = TrainingLog(folder, resuming=False)
+    # an interruption here (loading, the first epoch) leaves the last run's curves as they were
+    assert (folder / "plots/metrics/val_case_dice.tsv").read_text().endswith("0\t0.5\n")
+    log({"epoch": 1, "val_case_dice": 0.25, "val_case_iou": 0.2, "learning_rate": 0.01, "train_loss": 1.0,
+         "val_loss": 0.9})
+    log.end()
+    rows = (folder / "plots/metrics/val_case_dice.tsv").read_text().splitlines()
+    assert rows[0] == "step\tval_case_dice" and len(rows) == 2 and rows[1].startswith("0\t0.25")
+
+
+def test_the_data_fingerprint_follows_content_not_modification_times(tmp_path):
+    from btseg.training.run import data_fingerprint
+
+    slices = tmp_path / "slices"
+    for split in ("train", "val"):
+        (slices / split).mkdir(parents=True)
+        np.save(slices / split / "images.npy", np.arange(5000, dtype=np.float32))
+        (slices / split / "index.csv").write_text("row,case_id\n0,a\n")
+    first = data_fingerprint(slices)
+    copy = tmp_path / "copy"
+    shutil.copytree(slices, copy)  # new files, new modification times, same bytes
+    os.utime(copy / "train" / "images.npy", (0, 0))
+    assert data_fingerprint(copy) == first
+    (copy / "val" / "index.csv").write_text("row,case_id\n0,b\n")
+    assert data_fingerprint(copy) != first
+    # an array larger than the sampled chunks is fingerprinted by its size and chunks spread over it
+    np.save(copy / "val" / "images.npy", np.arange(5000, dtype=np.float32))
+    sampled = data_fingerprint(copy, sample_chunks=4, chunk_bytes=64)
+    values = np.arange(5000, dtype=np.float32)
+    values[-1] = -1  # inside the last chunk
+    np.save(copy / "val" / "images.npy", values)
+    assert data_fingerprint(copy, sample_chunks=4, chunk_bytes=64) != sampled

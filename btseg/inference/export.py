@@ -39,7 +39,7 @@ def export(model_path: Path, out: Path) -> dict:
             "output": f"logits (N, {len(model.targets)}, {size}, {size}), targets {model.targets}; "
                       f"tumor where sigmoid(logit) > threshold",
             "threshold": model.threshold, "postprocess": model.postprocess, "test_time_flips": model.tta,
-            "preprocessing": model.settings.__dict__, "model": model.summary}
+            "preprocessing": model.settings.__dict__, "model": model.description}
     try:
         with atomic_file(out) as partial:
             torch.export.save(program, partial, extra_files={META_FILE: json.dumps(meta, default=list)})

@@ -65,7 +65,7 @@ class Model:
         return str(self.checkpoint["data_meta"]["source_version"]).startswith("sample(")
 
     @property
-    def summary(self) -> dict:
+    def description(self) -> dict:
         c = self.checkpoint
         return {"file": c.get("path"), "architecture": c["model"], "dataset": c["data_meta"]["dataset"],
                 "trained_on": c["data_meta"]["source_version"], "best_epoch": c["best_epoch"],
@@ -268,7 +268,7 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         "tumor_pixels": {name: int(masks[:, k].sum()) for k, name in enumerate(model.targets)},
         "threshold": model.threshold,
         "postprocess": model.postprocess,
-        "model": model.summary,
+        "model": model.description,
         "outputs": [str(p) for p in files],
     }
     if model.trained_on_sample:

@@ -125,7 +125,6 @@ class Stepper:
     def __init__(self, model: nn.Module, config: TrainParams, device: torch.device):
         speed = config.speed
         self.device, self.model, self.grad_clip = device, model, config.grad_clip
-        self.channels_last = speed.channels_last
         self.layout = memory_format(speed.channels_last, device)
         if unwrap(model) is model:  # a DistributedDataParallel model was placed before wrapping (training.run)
             model.to(device, memory_format=self.layout)
@@ -137,8 +136,8 @@ class Stepper:
         self.precision_setting = speed.precision
         self.precision = autocast_dtype(speed.precision, device)
 
-    def backward(self, images: torch.Tensor, masks: torch.Tensor, augmenter: DeviceAugmenter | None = None,
-                 epoch: int = 0, batch: int = 0) -> torch.Tensor:
+    def forward_backward(self, images: torch.Tensor, masks: torch.Tensor, augmenter: DeviceAugmenter | None = None,
+                         epoch: int = 0, batch: int = 0) -> torch.Tensor:
         """Forward and backward pass of one batch; returns the loss (detached, still on the device)."""
         images = images.to(self.device, non_blocking=True).float()
         masks = masks.to(self.device, non_blocking=True).float()
@@ -235,7 +234,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                         disable=None if dist.writer else True)
         for batch, (images, masks) in enumerate(progress, start=1):
-            losses.append(stepper.backward(images, masks, device_augmenter, epoch, batch))
+            losses.append(stepper.forward_backward(images, masks, device_augmenter, epoch, batch))
             if batch % check_every == 0 or batch == steps:
                 _check_finite(losses, epoch, batch, check_every)
                 progress.set_postfix(loss=f"{losses[-1].item():.4f}")

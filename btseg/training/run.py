@@ -43,8 +43,9 @@ REPO = Path(btseg.__file__).resolve().parent.parent
 
 
 def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir: Path, params: Params,
-                relaunch: Sequence[str], fold: int | None = None) -> None:
-    """Train `model_name` on `slices`; write out/model.pt (best validation epoch) and out/checkpoint.pt.
+                relaunch: Sequence[str], fold: int | None = None, checkpoint: Path | None = None) -> None:
+    """Train `model_name` on `slices`; write out/model.pt (best validation epoch) and, every epoch,
+    `checkpoint` (default out/checkpoint.pt; the stage keeps it outside its DVC outs).
 
     `relaunch` is the command line that starts this same run again (for torchrun with train.nproc > 1).
     With `fold`, train and validate on that cross-validation fold of the train and val patients
@@ -65,16 +66,18 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     model, model_args = build_model(model_name, train_split, config, dist, device)
     threshold = params.evaluate.threshold  # validation Dice during training is measured at this threshold
     identity = {"model": model_name, "data": data_meta(train_split), "train_slices": len(train_split.images),
-                "threshold": threshold, "tta": params.evaluate.tta, "data_files": file_stamps(slices), "code": code_hash(),
+                "threshold": threshold, "tta": params.evaluate.tta, "data_files": data_fingerprint(slices), "code": code_hash(),
                 **({} if fold is None else {"fold": [fold, params.cv.folds, params.preprocess.seed]})}
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = out / "checkpoint.pt"
-    live = open_live(live_dir, checkpoint, fingerprint(config, identity)) if dist.writer else None
+    checkpoint = checkpoint or out / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    resuming = matching_checkpoint(checkpoint, fingerprint(config, identity)) is not None
+    live = TrainingLog(live_dir, resuming) if dist.writer else None
     log.info("%s on %s: %d train / %d val slices, device %s", model_name, dataset,
              len(train_split.images), len(val_split.images), device)
     try:
         result = fit(model, train_split, val_split, config, threshold=threshold, device=device, checkpoint=checkpoint,
-                     identity=identity, on_epoch=live_logger(live), dist=dist, tta=params.evaluate.tta)
+                     identity=identity, on_epoch=live, dist=dist, tta=params.evaluate.tta)
     except Diverged as error:
         raise PipelineError(f"{error}; the last good epoch is kept in {checkpoint}; lower train.learning_rate "
                             "or set train.grad_clip") from None
@@ -164,11 +167,27 @@ def data_meta(split: SliceSet) -> dict:
     return {k: split.meta[k] for k in keys if k in split.meta}  # layout: volume datasets only
 
 
-def file_stamps(slices: Path) -> dict[str, list[int]]:
-    """Size and modification time of the training arrays: a re-run of preprocess changes them, so a
-    checkpoint of other data is never resumed (cheaper than hashing gigabytes at every start)."""
-    return {str(p.relative_to(slices)): [p.stat().st_size, p.stat().st_mtime_ns]
-            for split in ("train", "val") for p in sorted((slices / split).glob("*.npy"))}
+def data_fingerprint(slices: Path, sample_chunks: int = 64, chunk_bytes: int = 1 << 20) -> dict[str, str]:
+    """A digest of each training and validation file's content: a checkpoint of other data is never
+    resumed, and data that was only re-linked or copied (new modification times) still is.
+
+    Files up to `sample_chunks` x `chunk_bytes` are hashed whole; larger arrays (BraTS slices run to
+    tens of GB) by their size and `sample_chunks` evenly spaced chunks, which any re-run of preprocess
+    with other settings changes (and the split's index.csv and meta.json, hashed whole, do too)."""
+    digests = {}
+    for split in ("train", "val"):
+        for path in sorted(p for p in (slices / split).iterdir() if p.suffix in (".npy", ".csv", ".json")):
+            size, digest = path.stat().st_size, hashlib.sha256()
+            with path.open("rb") as handle:
+                if size <= sample_chunks * chunk_bytes:
+                    digest.update(handle.read())
+                else:
+                    digest.update(str(size).encode())
+                    for k in range(sample_chunks):
+                        handle.seek((size - chunk_bytes) * k // (sample_chunks - 1))
+                        digest.update(handle.read(chunk_bytes))
+            digests[str(path.relative_to(slices))] = digest.hexdigest()[:16]
+    return digests
 
 
 def code_files(dvc_yaml: Path = REPO / "dvc.yaml") -> list[Path]:
@@ -194,18 +213,29 @@ def code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def live_logger(live):
-    """The per-epoch callback that logs `LOGGED` to dvclive and the two losses to `LOSS_FILE` (None on other ranks)."""
-    if live is None:
-        return None
+class TrainingLog:
+    """The per-epoch callback that logs `LOGGED` to dvclive and the two losses to `LOSS_FILE`.
 
-    def on_epoch(row: dict) -> None:
+    dvclive is opened at the first finished epoch, not before: a fresh run starts its log clean, but
+    a run stopped before its first epoch leaves the previous run's curves (git-tracked) in place."""
+
+    def __init__(self, folder: Path, resuming: bool):
+        self.folder, self.resuming, self.live = folder, resuming, None
+        _check_git_for_dvclive()
+
+    def __call__(self, row: dict) -> None:
+        if self.live is None:
+            self.live = open_live(self.folder, self.resuming)
+        live = self.live
         live.step = row["epoch"] - 1  # step = epoch - 1 also after a resume
         for name in LOGGED:
             live.log_metric(name, row[name])
         log_losses(Path(live.dir) / LOSS_FILE, live.step, row["train_loss"], row["val_loss"])
         live.next_step()
-    return on_epoch
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
 
 
 def log_losses(path: Path, step: int, train_loss: float, val_loss: float) -> None:
@@ -222,20 +252,25 @@ def log_losses(path: Path, step: int, train_loss: float, val_loss: float) -> Non
         write_csv(partial, ("step", "split", "loss"), rows)
 
 
-def open_live(folder: Path, checkpoint: Path, key: str):
-    """dvclive logger; continues the existing log when the checkpoint will be resumed, else starts clean."""
+def open_live(folder: Path, resuming: bool):
+    """dvclive logger; continues the existing log when the checkpoint is resumed, else starts clean."""
     from dvclive import Live  # noqa: PLC0415 - dvclive imports git and DVC: only training needs it
 
-    resuming = matching_checkpoint(checkpoint, key) is not None
     if not resuming and folder.exists():
         shutil.rmtree(folder)
     # dvcyaml=None: the plots are declared in our dvc.yaml; save_dvc_exp=False: DVC runs us, not the reverse
+    return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def _check_git_for_dvclive() -> None:
+    """dvclive reads the git revision, and fails in a repository without commits: say so before training."""
     try:
-        return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
-    except Exception as error:  # dvclive reads the git revision; a repository without commits has none
-        if "empty git repo" in str(error).lower():
-            raise PipelineError("dvclive needs a git repository with at least one commit; run `git commit` first") from None
-        raise
+        inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True)
+        if inside.stdout.strip() == "true" and subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
+                                                              capture_output=True).returncode:
+            raise PipelineError("dvclive needs a git repository with at least one commit; run `git commit` first")
+    except FileNotFoundError:  # no git: dvclive works without one
+        pass
 
 
 def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str,

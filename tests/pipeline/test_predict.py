@@ -241,7 +241,7 @@ def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the
 def test_model_output_and_device_errors_are_in_our_words(project, tmp_path, realdata_coco):
     image = str(sorted((realdata_coco / "test").glob("*.jpg"))[0])
     cases = [
-        (["models/tumor_coco/unet/checkpoint.pt", image], "a training checkpoint (checkpoint.pt), not a model file"),
+        (["checkpoints/tumor_coco/unet/checkpoint.pt", image], "a training checkpoint (checkpoint.pt), not a model file"),
         (["params.yaml", image], "not a model file of this pipeline"),
         (["models/tumor_coco/unet/model.pt", image, "--out", "params.yaml"], "--out params.yaml: is a file"),
         (["models/tumor_coco/unet/model.pt", str(sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0])],

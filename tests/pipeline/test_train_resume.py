@@ -57,12 +57,12 @@ def test_killed_training_resumes_to_the_same_weights_and_log(projects):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "models/tumor_coco/unet/model.pt").exists()
-    saved = torch.load(killed / "models/tumor_coco/unet/checkpoint.pt", weights_only=True)
+    saved = torch.load(killed / "checkpoints/tumor_coco/unet/checkpoint.pt", weights_only=True)
     assert 3 <= saved["epoch"] < 40
 
     result = stage(killed, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
     assert result.returncode == 0, result.stderr
-    assert f"resuming from models/tumor_coco/unet/checkpoint.pt after epoch {saved['epoch']}" in result.stderr
+    assert f"resuming from checkpoints/tumor_coco/unet/checkpoint.pt after epoch {saved['epoch']}" in result.stderr
     a = torch.load(uninterrupted / "models/tumor_coco/unet/model.pt", weights_only=True)
     b = torch.load(killed / "models/tumor_coco/unet/model.pt", weights_only=True)
     assert a["best_epoch"] == b["best_epoch"] and a["val_case_dice"] == b["val_case_dice"]
@@ -93,9 +93,9 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
     match = re.fullmatch(r"error: loss became nan at epoch (\d+), batch (\d+); the last good epoch is kept in "
-                         r"models/tumor_coco/unet/checkpoint.pt; lower train.learning_rate or set train.grad_clip", line)
+                         r"checkpoints/tumor_coco/unet/checkpoint.pt; lower train.learning_rate or set train.grad_clip", line)
     assert match, line
-    checkpoint = project / "models/tumor_coco/unet/checkpoint.pt"
+    checkpoint = project / "checkpoints/tumor_coco/unet/checkpoint.pt"
     epoch = int(match[1])
     if epoch > 1:
         assert torch.load(checkpoint, weights_only=True)["epoch"] == epoch - 1
