@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -122,9 +125,60 @@ def main(argv: Sequence[str]) -> None:
     dvc = command(args.name, args.params, overrides=args.set_param, extra=["--queue"] if args.queue else [])
     print(" ".join(dvc), flush=True)
     if not args.dry_run:
+        if not args.queue:
+            check_workspace_free(args.params.parent)
         code = subprocess.run([sys.executable, "-m", *dvc]).returncode
         if code:
             raise PipelineError(f"dvc exp run of recipe {args.name} failed with exit code {code}; see above")
+
+
+def check_workspace_free(root: Path) -> None:
+    """Refuse to start an experiment while DVC runs one in this workspace: a second `dvc exp run` would
+    write its values into params.yaml and then fail on DVC's stage locks, leaving params.yaml saying
+    one experiment and the outputs another. DVC's own locks tell: the repository lock (held between
+    stages) and the stage locks in .dvc/tmp/rwlock (held while a stage runs)."""
+    tmp = root / ".dvc" / "tmp"
+    busy = _stage_lock_holder(tmp / "rwlock") or _repository_lock_holder(tmp / "lock")
+    if busy:
+        raise PipelineError(f"another experiment is running in this workspace ({busy}); use --queue, "
+                            "or wait for it to end")
+
+
+def _stage_lock_holder(path: Path) -> str | None:
+    """The live process holding one of DVC's stage locks (.dvc/tmp/rwlock: JSON of read and write locks)."""
+    try:
+        locks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    holders = [*locks.get("write", {}).values(), *(h for hs in locks.get("read", {}).values() for h in hs)]
+    for holder in holders:
+        pid = holder.get("pid") if isinstance(holder, dict) else None
+        if isinstance(pid, int) and _alive(pid):
+            return f"PID {pid}: {holder.get('cmd', 'dvc')}"
+    return None
+
+
+def _repository_lock_holder(path: Path) -> str | None:
+    """'DVC' when another process holds DVC's repository lock (.dvc/tmp/lock, an flock'ed file)."""
+    if not path.is_file():
+        return None
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return "DVC holds its repository lock"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def console() -> None:

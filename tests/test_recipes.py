@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +82,49 @@ def test_further_set_params_follow_the_recipe_and_win(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"description": "d", "set": {"train.epochs": 3}}))
     dvc = command("r", REPO / "params.yaml", tmp_path, overrides=["train.epochs=5", "train.learning_rate=1e-3"])
     assert dvc[-4:] == ["-S", "train.epochs=5", "-S", "train.learning_rate=1e-3"]
+
+
+def _workspace(tmp_path: Path) -> Path:
+    """A workspace with params.yaml, recipes/ and DVC's tmp folder, as bts-recipe runs in."""
+    (tmp_path / ".dvc/tmp").mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    return tmp_path
+
+
+def _recipe(workspace: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "btseg.recipes", "lgg_cpu"], cwd=workspace, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_running_experiment_stops_a_second_one_before_params_change(tmp_path):
+    workspace = _workspace(tmp_path)
+    params = (workspace / "params.yaml").read_text()
+    # a stage of another `dvc exp run` holds its lock (this process stands in for it: alive)
+    (workspace / ".dvc/tmp/rwlock").write_text(json.dumps(
+        {"write": {str(workspace / "models"): {"pid": os.getpid(), "cmd": "dvc exp run -S train.epochs=30"}}}))
+    result = _recipe(workspace)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: another experiment is running in this workspace (PID {os.getpid()}: dvc exp run -S train.epochs=30); "
+        "use --queue, or wait for it to end")
+    assert (workspace / "params.yaml").read_text() == params
+
+
+def test_dvc_holding_its_repository_lock_also_counts_as_running(tmp_path):
+    workspace = _workspace(tmp_path)
+    with (workspace / ".dvc/tmp/lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as DVC's zc.lockfile holds it
+        result = _recipe(workspace)
+    assert result.returncode == 1 and "DVC holds its repository lock" in result.stderr
+
+
+def test_locks_left_by_a_dead_process_do_not_block(tmp_path):
+    from btseg.recipes import check_workspace_free
+
+    workspace = _workspace(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (workspace / ".dvc/tmp/rwlock").write_text(json.dumps({"read": {"x": [{"pid": dead.pid, "cmd": "dvc repro"}]}}))
+    (workspace / ".dvc/tmp/lock").write_text("")
+    check_workspace_free(workspace)  # no error

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -57,6 +58,10 @@ def matching_checkpoint(path: Path | None, key: str) -> dict | None:
         return None
     try:
         state = read_checkpoint(path)
+    except pickle.UnpicklingError:  # what the safe loader refuses: an earlier version's RNG states, or not ours
+        log.warning("%s: not resumable (it holds more than tensors and plain values: written by an earlier "
+                    "version, or not by this pipeline); training from scratch", path)
+        return None
     except Exception as error:  # noqa: BLE001 - a damaged or foreign checkpoint only costs the resume
         log.warning("%s: not resumable (%s); training from scratch", path, one_line(error, 120))
         return None
