@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from btseg.data.base import MAX_LABEL_VALUE
+from btseg.data.layouts import LAYOUTS
 from btseg.data.registry import DATASET_NAMES
-from btseg.data.volumes import LAYOUTS
 from btseg.errors import PipelineError, one_line
 
 # The model architectures and training losses by name. They live here, in a module that imports no

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from btseg.config import Params
-from btseg.data import folder, kaggle, lgg, sample, volumes
+from btseg.data import folder, kaggle, lgg, sample, volumes_sample
 from btseg.data.registry import OWN_FOLDER_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir
@@ -73,11 +73,11 @@ def write_sample(dataset: str, root: Path, params: Params) -> None:
         sample.write_tumor_coco(root, images_per_split=sizes, seed=seed)
     elif dataset == "brats2020_nifti":
         options = data.brats2020_nifti
-        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
                              sequences=options.sequences, labels=options.labels, seed=seed)
     elif dataset == "nifti":
         options = data.nifti
-        volumes.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
+        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
                              labels=options.labels, seed=seed, layout=options.layout, files=options.files,
                              label_file=options.label_file)
     elif dataset == "lgg":

@@ -68,7 +68,7 @@ def test_the_payload_runs_code_when_unpickled_unsafely(tmp_path):
 @pytest.mark.parametrize("kind", ["bare-object", "model-file", "ensemble", "checkpoint"])
 def test_model_file_readers_refuse_without_running_code(evil, kind):
     files, marker = evil
-    from btseg.inference.scans import load_model  # bts-predict's and bts-export's reader
+    from btseg.inference.model import load_model  # bts-predict's and bts-export's reader
 
     for read in (load_model_file, load_model):
         with pytest.raises(PipelineError) as error:

@@ -18,6 +18,7 @@ from btseg.data.base import Case, CaseRef
 from btseg.errors import PipelineError, one_line
 
 DATA_DIR = Path("BraTS2020_training_data/content/data")
+DOWNLOAD_HINT = "re-run the download stage"
 FILE_PATTERN = re.compile(r"volume_(\d+)_slice_(\d+)\.h5")
 
 
@@ -49,30 +50,41 @@ def list_slices(root: Path) -> list[SliceFile]:
 
 def read_slice(path: Path, image_channels: int, mask_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """One slice as (image float32 (C, H, W), mask uint8 (K, H, W)); a bad file raises PipelineError naming it."""
-    try:
-        with h5py.File(path, "r") as h5:
-            for key in ("image", "mask"):
-                if key not in h5:
-                    raise PipelineError(f"{path}: dataset '{key}' missing; re-run the download stage")
-            image = np.asarray(h5["image"], dtype=np.float32)
-            mask = np.asarray(h5["mask"])
-    except PipelineError:
-        raise
-    except (OSError, KeyError, ValueError) as error:
-        raise PipelineError(f"{path}: unreadable HDF5 ({one_line(error)}); the file is truncated or corrupt, "
-                            "re-run the download stage") from None
-    if image.ndim != 3 or image.shape[-1] != image_channels:
-        raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {image_channels}) per data.brats2020.image_channels")
-    if mask.shape != image.shape[:2] + (mask_channels,):
-        raise PipelineError(f"{path}: 'mask' has shape {mask.shape}, expected {image.shape[:2] + (mask_channels,)} "
+    image = read_image(path, image_channels, DOWNLOAD_HINT)
+    mask = _read(path, "mask", DOWNLOAD_HINT)
+    if mask.shape != image.shape[1:] + (mask_channels,):
+        raise PipelineError(f"{path}: 'mask' has shape {mask.shape}, expected {image.shape[1:] + (mask_channels,)} "
                             "per data.brats2020.mask_channels")
-    if not np.isfinite(image).all():
-        raise PipelineError(f"{path}: 'image' holds NaN or infinite values")
     unexpected = sorted(set(np.unique(mask).tolist()) - {0, 1})
     if unexpected:
         raise PipelineError(f"{path}: 'mask' holds values {unexpected}, expected 0/1 per sub-region channel "
                             "(data.brats2020.mask_channels)")
-    return image.transpose(2, 0, 1), mask.transpose(2, 0, 1).astype(np.uint8)
+    return image, mask.transpose(2, 0, 1).astype(np.uint8)
+
+
+def read_image(path: Path, image_channels: int, hint: str) -> np.ndarray:
+    """A slice's image as float32 (C, H, W), without its mask (prediction reads slices the user brought);
+    a missing, damaged, misshapen or non-finite image raises PipelineError naming the file, then `hint`."""
+    image = _read(path, "image", hint).astype(np.float32)
+    if image.ndim != 3 or image.shape[-1] != image_channels:
+        raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {image_channels}) "
+                            "per data.brats2020.image_channels")
+    if not np.isfinite(image).all():
+        raise PipelineError(f"{path}: 'image' holds NaN or infinite values")
+    return image.transpose(2, 0, 1)
+
+
+def _read(path: Path, key: str, hint: str) -> np.ndarray:
+    try:
+        with h5py.File(path, "r") as h5:
+            if key not in h5:
+                raise PipelineError(f"{path}: dataset '{key}' missing; {hint}")
+            return np.asarray(h5[key])
+    except PipelineError:
+        raise
+    except (OSError, KeyError, ValueError) as error:
+        raise PipelineError(f"{path}: unreadable HDF5 ({one_line(error)}); the file is truncated or corrupt, "
+                            f"{hint}") from None
 
 
 def list_cases(root: Path, options) -> list[CaseRef]:

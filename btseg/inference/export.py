@@ -20,7 +20,7 @@ import torch
 
 from btseg.errors import PipelineError, one_line, run_stage
 from btseg.fileio import atomic_file
-from btseg.inference.scans import load_model
+from btseg.inference.model import load_model
 
 log = logging.getLogger("btseg.inference.export")
 META_FILE = "preprocessing.json"  # embedded in the program's archive as <name>/extra/preprocessing.json

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from btseg.errors import PipelineError, run_stage
-from btseg.inference.scans import SAMPLE_WARNING, find_scans, load_model, output_folders, predict_scan, read_scan, write_outputs
+from btseg.inference.inputs import find_scans, output_folders, read_scan
+from btseg.inference.model import load_model, predict_scan
+from btseg.inference.outputs import SAMPLE_WARNING, write_outputs
 from btseg.models.prediction import pick_device
 
 log = logging.getLogger("btseg.inference.predict")
@@ -43,7 +45,7 @@ def main(argv: Sequence[str]) -> None:
         try:
             scan = read_scan(group, model)
             scan.folder = folder
-            summary = write_outputs(scan, predict_scan(scan, model, device), model, args.out)
+            summary = write_outputs(scan, predict_scan(scan.image, model, device), model, args.out)
         except PipelineError as error:
             problems.append(str(error))
             continue

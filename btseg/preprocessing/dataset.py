@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from btseg.config import Params, PreprocessParams, available_channels, targets
-from btseg.data import volumes
+from btseg.data import layouts
 from btseg.data.base import CaseRef
 from btseg.data.registry import OWN_FOLDER_DATASETS, VOLUME_DATASETS, reader
 from btseg.errors import PipelineError
@@ -106,7 +106,7 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
 
     # volumes: which file holds each sequence, kept with the model so bts-predict reads the same layout
-    layout = {"layout": volumes.build_layout(raw, options).spec(options.axis, channels)} if dataset in VOLUME_DATASETS else {}
+    layout = {"layout": layouts.build_layout(raw, options).spec(options.axis, channels)} if dataset in VOLUME_DATASETS else {}
     stored = len(channels) * (2 * p.neighbours + 1)  # 2.5D: each sequence with its neighbours
     staging = SliceWriter(out / "_all", stored, len(outputs), p.size)
     kept: list[Prepared] = []  # arrays dropped once written: only the bookkeeping stays in memory

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from btseg.data import volumes as brats_nifti
+from btseg.data import volumes_sample
 from btseg.errors import PipelineError
 
 SEQUENCES = ["flair", "t1", "t1ce", "t2"]
 LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
-MICCAI = brats_nifti.SAMPLE_DIR
+MICCAI = volumes_sample.SAMPLE_DIR
 
 
 def options(**overrides) -> SimpleNamespace:
@@ -28,7 +29,7 @@ def options(**overrides) -> SimpleNamespace:
 
 
 def write_sample(root: Path, cases: int = 4, seed: int = 7) -> Path:
-    brats_nifti.write_sample(root, cases=cases, size=32, depth=10, sequences=SEQUENCES, labels=LABELS, seed=seed)
+    volumes_sample.write_sample(root, cases=cases, size=32, depth=10, sequences=SEQUENCES, labels=LABELS, seed=seed)
     return root
 
 
@@ -69,7 +70,7 @@ def only_case(root: Path, **overrides):
 
 def test_sample_is_the_real_layout_and_fast(tmp_path):
     start = time.perf_counter()
-    brats_nifti.write_sample(tmp_path, cases=6, size=64, depth=24, sequences=SEQUENCES, labels=LABELS, seed=1)
+    volumes_sample.write_sample(tmp_path, cases=6, size=64, depth=24, sequences=SEQUENCES, labels=LABELS, seed=1)
     assert time.perf_counter() - start < 5  # about 0.3 s; a loose bound for slow CI machines
 
     data_dir = tmp_path / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
@@ -111,14 +112,14 @@ def test_sample_is_deterministic_per_seed(tmp_path):
 
 def test_sample_rejects_a_label_it_cannot_draw(tmp_path):
     with pytest.raises(PipelineError, match="ventricle"):
-        brats_nifti.write_sample(tmp_path, cases=1, size=16, depth=4, sequences=SEQUENCES,
+        volumes_sample.write_sample(tmp_path, cases=1, size=16, depth=4, sequences=SEQUENCES,
                                  labels={"ventricle": 3}, seed=0)
 
 
 # --- finding cases ---------------------------------------------------------------------------
 
 def test_list_cases_finds_the_nested_sample_with_its_misnamed_seg(sample_root, caplog):
-    with caplog.at_level(logging.INFO, logger="btseg.data.volumes"):
+    with caplog.at_level(logging.INFO, logger="btseg.data.layouts"):
         cases = brats_nifti.list_cases(sample_root, options())
     assert [c.case_id for c in cases] == [f"BraTS20_Training_{n:03d}" for n in range(1, 5)]
     first, second, last = cases[0], cases[1], cases[-1]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from btseg.config import parse_params
-from btseg.data import volumes
+from btseg.data import layouts, nifti, volumes, volumes_sample
 from btseg.errors import PipelineError
 from tests.conftest import default_params
 
@@ -40,14 +40,14 @@ def options(layout: str, **overrides) -> SimpleNamespace:
 
 def write(root: Path, layout: str, cases: int = 3, seed: int = 5) -> Path:
     o = options(layout)
-    volumes.write_sample(root, cases=cases, size=24, depth=6, sequences=o.sequences, labels=o.labels, seed=seed, layout=layout,
+    volumes_sample.write_sample(root, cases=cases, size=24, depth=6, sequences=o.sequences, labels=o.labels, seed=seed, layout=layout,
                          files=o.files, label_file=o.label_file)
     return root
 
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> dict[str, Path]:
-    return {layout: write(tmp_path_factory.mktemp(layout), layout) for layout in volumes.LAYOUTS}
+    return {layout: write(tmp_path_factory.mktemp(layout), layout) for layout in layouts.LAYOUTS}
 
 
 def read_all(root: Path, o) -> list:
@@ -86,7 +86,7 @@ def test_dataset_json_is_what_nnunet_and_the_decathlon_write(samples):
     assert image.shape == (24, 24, 6, 4)
 
 
-@pytest.mark.parametrize("layout", [name for name in volumes.LAYOUTS if name != "brats2020"])
+@pytest.mark.parametrize("layout", [name for name in layouts.LAYOUTS if name != "brats2020"])
 def test_every_layout_reads_to_the_same_slices_as_brats2020(samples, layout):
     """Same seed, same phantoms: whatever the names, the files' order or (nnU-Net: LPS) orientation."""
     reference = read_all(samples["brats2020"], options("brats2020"))
@@ -135,7 +135,7 @@ def test_volume_stored_in_another_orientation_is_sliced_as_if_stored_ras(tmp_pat
     for z in range(shape_ras[2]):
         np.testing.assert_array_equal(case.image[z, 0], ras[:, :, z])
         np.testing.assert_array_equal(case.regions[z, 0], ras[:, :, z] % 3 == 0)
-    back = volumes.from_canonical(volumes.to_canonical(stored, affine), affine)
+    back = nifti.from_canonical(nifti.to_canonical(stored, affine), affine)
     np.testing.assert_array_equal(back, stored)  # predictions go back to the input's orientation
 
 
@@ -284,14 +284,14 @@ def test_params_accept_every_layout_and_region_labels():
 
 # --- prediction finds the same files from the layout the model keeps ----------------------------
 
-@pytest.mark.parametrize("layout", volumes.LAYOUTS)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
 def test_prediction_groups_the_files_into_the_cases_the_reader_lists(samples, layout):
     o = options(layout)
-    spec = volumes.build_layout(samples[layout], o).spec(o.axis, o.input_channels)  # input order: sequences reversed
+    spec = layouts.build_layout(samples[layout], o).spec(o.axis, o.input_channels)  # input order: sequences reversed
     spec = json.loads(json.dumps(spec))  # as stored in meta.json and the model file
     listed = {case.case_id: case.extra["channels"] for case in volumes.list_cases(samples[layout], o)}
     files = [p for p in samples[layout].rglob("*.nii*") if not p.name.startswith(".")]
-    grouped, problems = volumes.group_cases(files, spec)
+    grouped, problems = layouts.group_cases(files, spec)
     assert problems == []  # labelsTr/ holds no inputs; every case folder is complete
     assert {name: [tuple(c) for c in channels] for name, channels in grouped} == listed
     assert [Path(channels[0][0]).name for _, channels in grouped][:1] == [
@@ -306,8 +306,8 @@ def test_prediction_takes_a_case_files_from_its_own_folder_only(tmp_path, sample
     broken = tmp_path / "broken" / case.name
     shutil.copytree(case, broken)
     next(broken.glob("*-t1n.nii.gz")).unlink()
-    spec = volumes.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
-    cases, problems = volumes.group_cases(sorted(case.iterdir()) + sorted(broken.iterdir()), spec)
+    spec = layouts.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
+    cases, problems = layouts.group_cases(sorted(case.iterdir()) + sorted(broken.iterdir()), spec)
     assert [[path.parent for path, _ in channels] for _, channels in cases] == [[case] * 4]
     assert problems == [f"{broken}: no {case.name}-t1n.nii or .nii.gz (the model expects sequences {NAMES['brats2023']})"]
 
@@ -316,8 +316,8 @@ def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
     folder = tmp_path / "scans"
     folder.mkdir()
     shutil.copy(next(samples["brats2023"].rglob("BraTS-GLI-00000-000-seg.nii.gz")), folder / "other_name.nii.gz")
-    spec = volumes.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
-    cases, problems = volumes.group_cases(sorted(folder.iterdir()), spec)
+    spec = layouts.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
+    cases, problems = layouts.group_cases(sorted(folder.iterdir()), spec)
     assert cases == [] and problems == [f"{folder}: no NIfTI file named like {{case}}-t2f.nii (the model was trained on "
                                         f"layout brats2023, sequences {NAMES['brats2023']})"]
 
@@ -346,7 +346,7 @@ def label_seven(data, affine):
 
 
 @pytest.mark.parametrize("damage", ["missing sequence", "other shape", "other affine", "label outside the map"])
-@pytest.mark.parametrize("layout", volumes.LAYOUTS)
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
 def test_every_layout_names_the_file_of_each_bad_input(tmp_path, samples, layout, damage):
     """The second case's file is damaged: for a sequence, the second input channel read (the first is the
     grid every other volume is checked against); in the Decathlon's 4D image every sequence shares one

@@ -36,7 +36,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_every_reader_gets_the_same_network_and_decisions(project, tmp_path):
-    from btseg.inference.scans import load_model
+    from btseg.inference.model import load_model
 
     model_file = project / "models/tumor_coco/unet/model.pt"
     network, contents = load_model_file(model_file)  # evaluate's, cv_summary's and the benchmarks' reader
