@@ -36,7 +36,8 @@ def list_slices(root: Path) -> list[SliceFile]:
     """Every `volume_<V>_slice_<S>.h5` under the archive root, ordered by volume then slice."""
     data_dir = root / DATA_DIR
     if not data_dir.is_dir():
-        raise PipelineError(f"{data_dir}: folder missing; is {root} a BraTS 2020 h5 download? re-run the download stage")
+        raise PipelineError(f"{data_dir}: folder missing; is {root} a BraTS 2020 h5 download? "
+                            "re-run the download stage")
     found = []
     for path in data_dir.iterdir():
         match = FILE_PATTERN.fullmatch(path.name)
@@ -62,7 +63,8 @@ def read_slice(path: Path, image_channels: int, mask_channels: int) -> tuple[np.
         raise PipelineError(f"{path}: unreadable HDF5 ({one_line(error)}); the file is truncated or corrupt, "
                             "re-run the download stage") from None
     if image.ndim != 3 or image.shape[-1] != image_channels:
-        raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {image_channels}) per data.brats2020.image_channels")
+        raise PipelineError(f"{path}: 'image' has shape {image.shape}, expected (H, W, {image_channels}) "
+                            "per data.brats2020.image_channels")
     if mask.shape != image.shape[:2] + (mask_channels,):
         raise PipelineError(f"{path}: 'mask' has shape {mask.shape}, expected {image.shape[:2] + (mask_channels,)} "
                             "per data.brats2020.mask_channels")
@@ -80,7 +82,8 @@ def list_cases(root: Path, options) -> list[CaseRef]:
     cases: dict[int, list[SliceFile]] = {}
     for file in list_slices(root):
         cases.setdefault(file.volume, []).append(file)
-    return [CaseRef(files[0].case_id, root, tuple(f.path for f in files), extra={"slices": tuple(f.slice_index for f in files)})
+    return [CaseRef(files[0].case_id, root, tuple(f.path for f in files),
+                    extra={"slices": tuple(f.slice_index for f in files)})
             for _, files in sorted(cases.items())]
 
 

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from btseg.errors import PipelineError, run_stage
-from btseg.inference.scans import SAMPLE_WARNING, find_scans, load_model, output_folders, predict_scan, read_scan, write_outputs
+from btseg.inference.scans import (
+    SAMPLE_WARNING,
+    find_scans,
+    load_model,
+    output_folders,
+    predict_scan,
+    read_scan,
+    write_outputs,
+)
 from btseg.models.prediction import pick_device
 
 log = logging.getLogger("btseg.inference.predict")
@@ -23,8 +31,10 @@ log = logging.getLogger("btseg.inference.predict")
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a model file written by the train stage (models/<dataset>/<model>/model.pt)")
-    parser.add_argument("inputs", type=Path, nargs="+", help="case folders, NIfTI/.h5 files, images, or folders of them")
+    parser.add_argument("model", type=Path,
+                        help="a model file written by the train stage (models/<dataset>/<model>/model.pt)")
+    parser.add_argument("inputs", type=Path, nargs="+",
+                        help="case folders, NIfTI/.h5 files, images, or folders of them")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
