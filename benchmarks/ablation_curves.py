@@ -48,8 +48,10 @@ def main() -> None:
         worst = int(drops.argmax())
         x = minutes(Path(folder), args.dataset, args.model)[epochs - 1] if args.minutes else epochs
         axis.plot(x, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
-        print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} | {epochs[worst]} -> {epochs[worst] + 1} |")
-    axis.set(xlabel="training minutes" if args.minutes else "epoch", ylabel="validation per-case Dice", ylim=(0, 1), title=args.title)
+        print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} "
+              f"| {epochs[worst]} -> {epochs[worst] + 1} |")
+    axis.set(xlabel="training minutes" if args.minutes else "epoch", ylabel="validation per-case Dice", ylim=(0, 1),
+             title=args.title)
     axis.legend(loc="lower right", fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()

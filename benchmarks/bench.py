@@ -81,7 +81,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="also train one full epoch of this many generated slices (BraTS 2020: 57195)")
     parser.add_argument("--skip-baseline", action="store_true", help="skip the seed-style fp32 loop")
     parser.add_argument("--ddp", action="store_true",
-                        help="also time the step wrapped in DistributedDataParallel with one process (train.nproc's path)")
+                        help="also time the step wrapped in DistributedDataParallel with one process "
+                             "(train.nproc's path)")
     parser.add_argument("--profile", help="also write a torch.profiler summary of 10 data-path steps to this file")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workdir", help="folder for the generated slice arrays (default: a temporary folder)")
@@ -101,8 +102,10 @@ def main(argv: Sequence[str]) -> None:
                      "settings": {k: v for k, v in vars(args).items() if k not in ("params", "json", "workdir")},
                      "train_speed": config.speed.model_dump(),
                      "resolved": {"loader_workers": loader_workers(config.speed.loader_workers, device),
-                                  "augment_on": "device" if augments_on_device(config.speed.augment_on, device) else "cpu",
-                                  "autocast": str(autocast_dtype(config.speed.precision, device) or "fp32 (off)").removeprefix("torch.")}}
+                                  "augment_on": ("device" if augments_on_device(config.speed.augment_on, device)
+                                                 else "cpu"),
+                                  "autocast": str(autocast_dtype(config.speed.precision, device)
+                                                  or "fp32 (off)").removeprefix("torch.")}}
     make = model_factory(args)
 
     if not args.skip_baseline:
@@ -139,8 +142,8 @@ def bench_config(args) -> TrainParams:
     """params.yaml's train section with the benchmark's model size, batch and speed settings."""
     raw = load_params(args.params).model_dump()
     train = raw["train"]
-    train.update(models=[args.model], batch_size=args.batch, base_channels=args.base_channels, depth=args.depth, epochs=1,
-                 early_stopping_patience=0, deep_supervision=False, schedule="constant")
+    train.update(models=[args.model], batch_size=args.batch, base_channels=args.base_channels, depth=args.depth,
+                 epochs=1, early_stopping_patience=0, deep_supervision=False, schedule="constant")
     speed = train["speed"]
     speed["compile"] = args.compile
     if args.precision:
@@ -156,7 +159,8 @@ def bench_config(args) -> TrainParams:
         for item in filter(None, args.augment.split(",")) if args.augment != "none" else []:
             name, _, value = item.partition("=")
             if name not in augment:
-                raise PipelineError(f"--augment: unknown transform {name!r}; expected names of train.augment: {sorted(augment)}")
+                raise PipelineError(f"--augment: unknown transform {name!r}; "
+                                    f"expected names of train.augment: {sorted(augment)}")
             augment[name] = _float(value, f"--augment {name}")
     raw["preprocess"]["size"] = args.size
     return parse_params(raw, source=f"{args.params} with the benchmark's options (--size is preprocess.size, "
@@ -210,7 +214,8 @@ def random_batches(args, device: torch.device, count: int = 4) -> list[tuple[tor
     generator = torch.Generator().manual_seed(1)
     shape = (args.batch, args.channels, args.size, args.size)
     return [(torch.randn(shape, generator=generator).half().to(device),
-             (torch.rand((args.batch, args.targets, args.size, args.size), generator=generator) > 0.9).to(torch.uint8).to(device))
+             (torch.rand((args.batch, args.targets, args.size, args.size), generator=generator) > 0.9)
+             .to(torch.uint8).to(device))
             for _ in range(count)]
 
 
@@ -282,8 +287,9 @@ def ddp_stepper(model: torch.nn.Module, config: TrainParams, device: torch.devic
     os.environ.setdefault("MASTER_PORT", "29517")
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model.to(device, memory_format=memory_format(config.speed.channels_last, device)),
-                                                        device_ids=[device.index or 0] if device.type == "cuda" else None)
+    wrapped = torch.nn.parallel.DistributedDataParallel(
+        model.to(device, memory_format=memory_format(config.speed.channels_last, device)),
+        device_ids=[device.index or 0] if device.type == "cuda" else None)
     return Stepper(wrapped, config, device)
 
 
@@ -335,7 +341,8 @@ def generate_slices(folder: Path, count: int, args) -> SliceSet:
     pool = rng.normal(0, 1, (min(count, 64), args.channels, args.size, args.size)).astype(np.float16)
     yy, xx = np.mgrid[0:args.size, 0:args.size]
     disc = ((yy - args.size / 2) ** 2 + (xx - args.size / 3) ** 2 < (args.size / 8) ** 2).astype(np.uint8)
-    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.float16, (count, args.channels, args.size, args.size))
+    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.float16,
+                                       (count, args.channels, args.size, args.size))
     masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, (count, args.targets, args.size, args.size))
     for start in range(0, count, len(pool)):
         rows = min(len(pool), count - start)
@@ -366,7 +373,8 @@ def full_epoch(model: torch.nn.Module, config: TrainParams, folder: Path, args, 
 
 def inference_volume(stepper: Stepper, args, device: torch.device, repeats: int = 10) -> dict:
     """One volume, preprocessed fp16 on the host, to a binary uint8 mask on the host, in one call."""
-    volume = np.random.default_rng(3).normal(0, 1, (args.volume_slices, args.channels, args.size, args.size)).astype(np.float16)
+    volume = (np.random.default_rng(3).normal(0, 1, (args.volume_slices, args.channels, args.size, args.size))
+              .astype(np.float16))
     model, precision = stepper.forward, stepper.precision_setting  # compiled when --compile
     for _ in range(3):
         predict_masks(model, volume, device, 0.5, batch_size=args.volume_slices, precision=precision)
@@ -388,7 +396,8 @@ def summarise(results: dict) -> None:
             results[name]["share_of_matmul"] = results[name]["tflops"] / results["matmul_tflops"]["tflops"]
     results["real_over_synthetic"] = results["real"]["images_per_s"] / results["synthetic"]["images_per_s"]
     if "seed_style_fp32" in results:
-        results["speedup_over_seed_style"] = results["real"]["images_per_s"] / results["seed_style_fp32"]["images_per_s"]
+        results["speedup_over_seed_style"] = (results["real"]["images_per_s"]
+                                              / results["seed_style_fp32"]["images_per_s"])
 
 
 def table(results: dict) -> str:

@@ -63,7 +63,8 @@ def main() -> None:
                     run(project, "download", "brats2020")
                 seconds, peak = run(project, "preprocess", "brats2020")
                 slices = cases * 155
-                print(f"| {cases} | {slices} | {workers} | {seconds:.1f} | {slices / seconds:.0f} | {peak:.0f} |", flush=True)
+                print(f"| {cases} | {slices} | {workers} | {seconds:.1f} | {slices / seconds:.0f} "
+                      f"| {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

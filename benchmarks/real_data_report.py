@@ -34,7 +34,8 @@ def main() -> None:
     contents = read_checkpoint(args.run / "checkpoints" / args.dataset / args.model / "checkpoint.pt")
     history = pd.DataFrame(contents["history"])
     history["minutes"] = history.seconds.cumsum() / 60
-    metrics = json.loads((args.run / "reports" / args.dataset / args.model / "evaluation/metrics_full.json").read_text())
+    metrics = json.loads((args.run / "reports" / args.dataset / args.model / "evaluation/metrics_full.json")
+                         .read_text())
     best = history.loc[history.val_case_dice.idxmax()]
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -51,8 +52,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=90)
     pc = metrics["per_case"]
-    print(f"| {args.name} | {metrics['cases']} | {pc['dice']:.3f} ({pc['dice_ci95_low']:.3f}-{pc['dice_ci95_high']:.3f}) "
-          f"| {metrics['per_slice']['dice']:.3f} | {metrics['pooled']['dice']:.3f} | {pc['precision']:.3f} | {pc['recall']:.3f} "
+    print(f"| {args.name} | {metrics['cases']} "
+          f"| {pc['dice']:.3f} ({pc['dice_ci95_low']:.3f}-{pc['dice_ci95_high']:.3f}) "
+          f"| {metrics['per_slice']['dice']:.3f} | {metrics['pooled']['dice']:.3f} "
+          f"| {pc['precision']:.3f} | {pc['recall']:.3f} "
           f"| {metrics['threshold']:.2f} | {metrics.get('postprocess')} | {history.minutes.iloc[-1]:.0f} "
           f"| {int(best.epoch)} ({best.minutes:.0f} min) |")
     print(f"figure: {out}")

@@ -20,9 +20,11 @@ __all__ = ["run_stage", "stage_arguments", "stage_command"]
 def stage_arguments(description: str, *, model: bool = False) -> argparse.ArgumentParser:
     """Parser with the arguments dvc.yaml passes: `--dataset` (and `--model` for per-model stages)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name from params.yaml data.datasets")
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES,
+                        help="dataset name from params.yaml data.datasets")
     if model:
-        parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model name from params.yaml train.models")
+        parser.add_argument("--model", required=True, choices=MODEL_NAMES,
+                            help="model name from params.yaml train.models")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
 

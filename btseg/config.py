@@ -347,7 +347,8 @@ def _check_consistency(params: Params, source: str) -> None:
         raise PipelineError(f"{source}: train.deep_supervision: needs train.depth >= 2 (auxiliary outputs come "
                             f"from the coarser decoder levels), got depth {train.depth}")
     if train.deep_supervision and "resnet34_unet" in train.models:
-        raise PipelineError(f"{source}: train.deep_supervision: not available for resnet34_unet; remove it from train.models")
+        raise PipelineError(f"{source}: train.deep_supervision: not available for resnet34_unet; "
+                            "remove it from train.models")
     if train.encoder_weights and not Path(train.encoder_weights).is_file():
         raise PipelineError(f"{source}: train.encoder_weights: file {train.encoder_weights} not found")
     if train.encoder_weights and "resnet34_unet" not in train.models:
@@ -372,7 +373,8 @@ def _check_consistency(params: Params, source: str) -> None:
                                 f"{available}, got {chosen}")
     low, high = params.preprocess.percentiles
     if low >= high:
-        raise PipelineError(f"{source}: preprocess.percentiles: the low percentile must be below the high one, got {[low, high]}")
+        raise PipelineError(f"{source}: preprocess.percentiles: the low percentile must be below the high one, "
+                            f"got {[low, high]}")
     if params.preprocess.target == "regions":
         for dataset in params.data.datasets:
             labelled = sub_regions(params, dataset)

@@ -68,18 +68,19 @@ def write_sample(dataset: str, root: Path, params: Params) -> None:
     data, sizes, seed = params.data, getattr(params.data.sample, dataset), params.data.sample.seed
     if dataset == "brats2020":
         sample.write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
-                              image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels, seed=seed)
+                              image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels,
+                              seed=seed)
     elif dataset == "tumor_coco":
         sample.write_tumor_coco(root, images_per_split=sizes, seed=seed)
     elif dataset == "brats2020_nifti":
         options = data.brats2020_nifti
         volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
-                             sequences=options.sequences, labels=options.labels, seed=seed)
+                                    sequences=options.sequences, labels=options.labels, seed=seed)
     elif dataset == "nifti":
         options = data.nifti
-        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case, sequences=options.sequences,
-                             labels=options.labels, seed=seed, layout=options.layout, files=options.files,
-                             label_file=options.label_file)
+        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                                    sequences=options.sequences, labels=options.labels, seed=seed,
+                                    layout=options.layout, files=options.files, label_file=options.label_file)
     elif dataset == "lgg":
         lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
     elif dataset == "folder":

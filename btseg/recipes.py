@@ -109,7 +109,8 @@ def _value(value) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="bts-recipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bts-recipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="recipe name (recipes/<name>.yaml)")
     parser.add_argument("--list", action="store_true", help="list the recipes")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")

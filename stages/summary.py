@@ -18,7 +18,8 @@ from btseg.evaluation.summary import write_summary
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", type=Path, required=True, help="folder of the evaluate stages' <dataset>/<model>.json")
+    parser.add_argument("--metrics", type=Path, required=True,
+                        help="folder of the evaluate stages' <dataset>/<model>.json")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write: {dataset: {model: Dice}}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)

@@ -6,8 +6,8 @@
 
 Writes OUT/model.pt, and CHECKPOINT every epoch: a killed run resumes from it with `dvc repro` or
 `dvc exp run` (it lies outside the stage's outs, so DVC never replaces it); the per-epoch log
-(train/val loss, Dice, IoU, learning rate) goes through dvclive to LIVE, drawn by `dvc plots show`. The
-steps are btseg.training.run.train_model's.
+(train/val loss, Dice, IoU, learning rate) goes through dvclive to LIVE, drawn by `dvc plots show`.
+The steps are btseg.training.run.train_model's.
 """
 
 from __future__ import annotations

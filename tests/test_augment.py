@@ -27,7 +27,8 @@ def batch(seed: int = 0, count: int = 4, size: int = 32):
     masks = np.zeros((count, 2, size, size), np.float32)
     masks[:, 0, 8:20, 5:14] = 1  # an off-centre box: any flip or shift moves it
     masks[:, 1, 10:12, 6:9] = 1
-    images = np.concatenate([masks[:, :1] * 3.0 - 1.0, rng.normal(0, 1, (count, 1, size, size))], axis=1).astype(np.float32)
+    images = np.concatenate([masks[:, :1] * 3.0 - 1.0, rng.normal(0, 1, (count, 1, size, size))],
+                            axis=1).astype(np.float32)
     return images, masks
 
 
@@ -111,7 +112,8 @@ def test_device_affine_rotation_shift_and_scale_match_hand_computed_moves():
     images, _ = batch(count=1)
     # a positive quarter turn moves pixel centres onto pixel centres: exactly numpy's rot90
     quarter = _sample((math.pi / 2, 1.0, (0.0, 0.0)), images)
-    np.testing.assert_allclose(quarter, np.rot90(images, k=1, axes=(2, 3)), atol=1e-6)  # counter-clockwise, as albumentations
+    # counter-clockwise, as albumentations
+    np.testing.assert_allclose(quarter, np.rot90(images, k=1, axes=(2, 3)), atol=1e-6)
     # a shift of 0.25 of 32 pixels moves the content 8 pixels right and down, zeros come in
     shifted = _sample((0.0, 1.0, (0.25, 0.25)), images)
     expected = np.zeros_like(images)

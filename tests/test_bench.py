@@ -54,8 +54,8 @@ def test_training_flops_match_a_hand_count_from_layer_shapes(model_name):
 def test_tiny_benchmark_on_the_cpu_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(["--size", "32", "--base-channels", "4", "--depth", "2", "--batch", "4", "--steps", "3", "--warmup", "1",
-          "--volume-slices", "6", "--epoch-slices", "12", "--augment", "hflip=0.5,affine=0.5", "--workdir", str(tmp_path),
-          "--json", str(out)])
+          "--volume-slices", "6", "--epoch-slices", "12", "--augment", "hflip=0.5,affine=0.5",
+          "--workdir", str(tmp_path), "--json", str(out)])
     results = json.loads(out.read_text())
     for name in ("seed_style_fp32", "synthetic", "real"):
         assert results[name]["images_per_s"] > 0 and results[name]["steps"] == 3
@@ -72,11 +72,13 @@ def test_tiny_benchmark_on_the_cpu_reports_every_figure(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [out]  # the generated slice arrays are gone
 
 
-@pytest.mark.parametrize(("flag", "message"), [(["--augment", "flop=0.5"], "--augment: unknown transform 'flop'"),
-                                               (["--augment", "hflip=often"], "--augment hflip: expected a probability"),
-                                               (["--workers", "many"], "--workers: expected a whole number"),
-                                               (["--batch", "0"], "train.batch_size"),
-                                               (["--model", "resnet34_unet"], "resnet34_unet needs preprocess.size divisible by 32")])
+@pytest.mark.parametrize(("flag", "message"), [
+    (["--augment", "flop=0.5"], "--augment: unknown transform 'flop'"),
+    (["--augment", "hflip=often"], "--augment hflip: expected a probability"),
+    (["--workers", "many"], "--workers: expected a whole number"),
+    (["--batch", "0"], "train.batch_size"),
+    (["--model", "resnet34_unet"], "resnet34_unet needs preprocess.size divisible by 32"),
+])
 def test_bad_benchmark_options_name_the_option(tmp_path, flag, message):
     with pytest.raises(PipelineError, match=message):
         main([*flag, "--json", str(tmp_path / "x.json")])

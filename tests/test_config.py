@@ -149,8 +149,8 @@ BAD_PARAMS = {
             raw["data"]["brats2020"].__setitem__("image_channels", ["flair", "t1", "t1ce", "t2"]),
             raw["report"].__setitem__("display_channel", "t5"),
         ),
-        ["report.display_channel: expected one of ['flair', 'grey', 'post_contrast', 'pre_contrast', 't1', 't1c', 't1ce', "
-         "'t1n', 't2', 't2f', 't2w'], got 't5'"],
+        ["report.display_channel: expected one of ['flair', 'grey', 'post_contrast', 'pre_contrast', 't1', 't1c', "
+         "'t1ce', 't1n', 't2', 't2f', 't2w'], got 't5'"],
     ),
     "missing key": (removing("train", "epochs"), ["train.epochs: missing; add it to params.yaml"]),
     "missing nested key": (removing("preprocess.split", "val"), ["preprocess.split.val: missing"]),
@@ -247,7 +247,8 @@ def test_exponent_notation_in_yaml_reads_as_a_float(tmp_path, written, expected)
 
 @pytest.mark.parametrize("change, fragment", [
     (setting("data.lgg", "input_channels", ["flair", "t2"]), "data.lgg.input_channels: expected distinct names from"),
-    (setting("data.brats2020", "input_channels", ["flair", "flair"]), "data.brats2020.input_channels: expected distinct"),
+    (setting("data.brats2020", "input_channels", ["flair", "flair"]),
+     "data.brats2020.input_channels: expected distinct"),
     (setting("preprocess", "percentiles", [99.0, 1.0]), "preprocess.percentiles: the low percentile must be below"),
     (setting("preprocess", "target", "regions"), "preprocess.regions.WT: tumor_coco labels no"),
 ])
@@ -265,7 +266,8 @@ def test_regions_target_is_valid_for_brats_datasets_only():
 
 @pytest.mark.parametrize("train, fragment", [
     ({"deep_supervision": True, "depth": 1}, "train.deep_supervision: needs train.depth >= 2"),
-    ({"deep_supervision": True, "models": ["unet", "resnet34_unet"]}, "train.deep_supervision: not available for resnet34_unet"),
+    ({"deep_supervision": True, "models": ["unet", "resnet34_unet"]},
+     "train.deep_supervision: not available for resnet34_unet"),
     ({"encoder_weights": "/no/such/resnet34.pth", "models": ["resnet34_unet"]},
      "train.encoder_weights: file /no/such/resnet34.pth not found"),
     ({"schedule": "cosine", "warmup_epochs": 20, "epochs": 20}, "train.warmup_epochs: 20 leaves no epoch"),

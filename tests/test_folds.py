@@ -14,7 +14,8 @@ from btseg.training.folds import assign_folds, fold_sets
 def split(cases: list[str], slices: int, offset: int) -> SliceSet:
     n = len(cases) * slices
     images = (np.arange(n, dtype=np.float16) + offset).reshape(n, 1, 1, 1)
-    index = pd.DataFrame({"row": range(n), "case_id": np.repeat(cases, slices), "slice_index": np.tile(range(slices), len(cases))})
+    index = pd.DataFrame({"row": range(n), "case_id": np.repeat(cases, slices),
+                          "slice_index": np.tile(range(slices), len(cases))})
     return SliceSet(images, np.zeros((n, 1, 1, 1), np.uint8), index, {"split": "x", "dataset": "d"})
 
 

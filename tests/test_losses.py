@@ -137,7 +137,8 @@ def test_tversky_with_equal_weights_and_no_smoothing_is_soft_dice():
     from btseg.training.losses import soft_dice_loss, tversky_loss
 
     logits, target = _random_pair()
-    torch.testing.assert_close(tversky_loss(logits, target, 0.5, 0.5, smooth=0.0), soft_dice_loss(logits, target, smooth=0.0))
+    torch.testing.assert_close(tversky_loss(logits, target, 0.5, 0.5, smooth=0.0),
+                               soft_dice_loss(logits, target, smooth=0.0))
 
 
 def test_tversky_beta_penalises_missed_tumor_more():

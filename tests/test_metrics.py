@@ -183,7 +183,8 @@ def test_summary_hand_computed():
         "pooled": {"dice": 4 / 15, "iou": 2 / 13, "precision": 1 / 2, "recall": 2 / 11},
     }
     for level, values in expected.items():
-        assert set(result[level]) == set(METRICS) | ({"dice_ci95_low", "dice_ci95_high"} if level == "per_case" else set())
+        assert set(result[level]) == set(METRICS) | ({"dice_ci95_low", "dice_ci95_high"} if level == "per_case"
+                                                     else set())
         for name, value in values.items():
             assert isinstance(result[level][name], float)
             assert result[level][name] == pytest.approx(value), (level, name)
@@ -387,7 +388,8 @@ def test_size_buckets_hand_computed():
     assert result["none"] == {"slices": 2, "false_alarm_rate": 0.5}
     assert result["tiny"] == {"slices": 1, "dice": 0.0, "miss_rate": 1.0}
     assert result["small"] == {"slices": 1, "dice": 1.0, "miss_rate": 0.0}
-    assert result["large"]["slices"] == 2 and result["large"]["dice"] == pytest.approx(0.85) and result["large"]["miss_rate"] == 0.0
+    assert result["large"]["slices"] == 2 and result["large"]["dice"] == pytest.approx(0.85) \
+        and result["large"]["miss_rate"] == 0.0
     empty = bucket_summary(per_slice.iloc[:2], bounds)
     assert empty["tiny"] == {"slices": 0, "dice": None, "miss_rate": None}
 
@@ -423,7 +425,8 @@ def test_evaluate_targets_summary_is_compact_and_per_target_with_regions():
     stacked_prediction = np.stack([prediction, prediction], axis=1)
     stacked_truth = np.stack([truth, np.zeros_like(truth)], axis=1)
     bounds = {"small": 0.5, "large": 1.0}
-    per_slice, per_case, metrics = evaluate_targets(stacked_prediction, stacked_truth, index, ["WT", "ET"], size_buckets=bounds)
+    per_slice, per_case, metrics = evaluate_targets(stacked_prediction, stacked_truth, index, ["WT", "ET"],
+                                                    size_buckets=bounds)
     assert list(per_slice.target) == ["WT"] * 4 + ["ET"] * 4 and "size_bucket" in per_slice
     assert set(metrics["targets"]) == {"WT", "ET"} and "size_buckets" in metrics["targets"]["WT"]
     for group in ("per_case", "per_slice", "pooled", "dice_conventions"):
@@ -466,7 +469,8 @@ def test_headline_keeps_the_numbers_people_compare():
     from btseg.scoring.metrics import headline
 
     prediction, truth, index = _case_example()
-    _, _, full = evaluate_targets(prediction[:, None], truth[:, None], index, ["whole_tumor"], size_buckets={"all": 1.0})
+    _, _, full = evaluate_targets(prediction[:, None], truth[:, None], index, ["whole_tumor"],
+                                  size_buckets={"all": 1.0})
     slim = headline({**full, "threshold": 0.4})
     assert slim == {"per_case": {k: full["per_case"][k] for k in ("dice", "dice_ci95_low", "dice_ci95_high", "iou",
                                                                   "precision", "recall", "hd95_px")},

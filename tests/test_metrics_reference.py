@@ -69,7 +69,8 @@ def _case_rows(index: pd.DataFrame, case_id: str) -> np.ndarray:
 def test_example_covers_every_empty_mask_situation(example):
     _, _, _, per_slice, _ = example
     truth_any, predicted_any = per_slice.truth_pixels > 0, per_slice.predicted_pixels > 0
-    assert (~truth_any & ~predicted_any).any() and (~truth_any & predicted_any).any() and (truth_any & ~predicted_any).any()
+    assert (~truth_any & ~predicted_any).any() and (~truth_any & predicted_any).any() \
+        and (truth_any & ~predicted_any).any()
     assert (per_slice.truth_pixels == 1).any() and (per_slice.predicted_pixels == 1).any()
 
 
@@ -91,8 +92,8 @@ def test_overlap_and_specificity_match_scikit_learn(example):
 
 def _monai_hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
     as_tensor = lambda mask: torch.from_numpy(mask[None, None].astype(np.float32))  # noqa: E731 (B, C, spatial)
-    return float(monai_metrics.compute_hausdorff_distance(as_tensor(prediction), as_tensor(truth), include_background=True,
-                                                          percentile=95)[0, 0])
+    return float(monai_metrics.compute_hausdorff_distance(as_tensor(prediction), as_tensor(truth),
+                                                          include_background=True, percentile=95)[0, 0])
 
 
 def test_hd95_matches_monai_per_slice_and_per_stacked_case(example):
@@ -110,7 +111,8 @@ def test_hd95_matches_monai_per_slice_and_per_stacked_case(example):
     assert compared >= 30
     for row in per_case.itertuples():
         rows = _case_rows(index, row.case_id)
-        assert row.hd95_px == pytest.approx(_monai_hd95(prediction[rows], truth[rows]), rel=TOLERANCE, abs=TOLERANCE), row.case_id
+        assert row.hd95_px == pytest.approx(_monai_hd95(prediction[rows], truth[rows]), rel=TOLERANCE,
+                                            abs=TOLERANCE), row.case_id
 
 
 def test_hd95_matches_monai_with_anisotropic_spacing():
@@ -121,7 +123,8 @@ def test_hd95_matches_monai_with_anisotropic_spacing():
         prediction, truth = _random_masks(rng, 4, 12), _random_masks(rng, 4, 12)
         prediction[0, 5, 5] = truth[1, 6, 6] = True  # neither volume empty
         expected = monai_metrics.compute_hausdorff_distance(
-            torch.from_numpy(prediction[None, None].astype(np.float32)), torch.from_numpy(truth[None, None].astype(np.float32)),
+            torch.from_numpy(prediction[None, None].astype(np.float32)),
+            torch.from_numpy(truth[None, None].astype(np.float32)),
             include_background=True, percentile=95, spacing=[3.0, 0.9, 0.9])[0, 0]
         assert hd95(prediction, truth, spacing=(3.0, 0.9, 0.9)) == pytest.approx(float(expected), rel=TOLERANCE)
 

@@ -268,7 +268,8 @@ def test_load_model_file_directory_instead_of_file(tmp_path):
 def test_norm_option_picks_the_layer(norm, layer):
     model = create_model("unet", in_channels=2, base_channels=4, depth=2, norm=norm)
     kinds = {type(m) for m in model.modules()}
-    assert layer in kinds and not ({torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm} - {layer}) & kinds
+    assert layer in kinds \
+        and not ({torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm} - {layer}) & kinds
 
 
 def test_dropout_option_adds_channel_dropout():
@@ -309,7 +310,8 @@ def test_resnet34_unet_loads_torchvision_format_weights_for_any_channel_count(tm
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.items()}
     state.update({"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})  # as torchvision saves it
     torch.save(state, tmp_path / "resnet34.pth")
-    model = create_model("resnet34_unet", in_channels=in_channels, out_channels=2, encoder_weights=str(tmp_path / "resnet34.pth"))
+    model = create_model("resnet34_unet", in_channels=in_channels, out_channels=2,
+                         encoder_weights=str(tmp_path / "resnet34.pth"))
     loaded = model.encoder.state_dict()
     assert torch.equal(loaded["layer3.1.conv1.weight"], state["layer3.1.conv1.weight"])
     # the RGB filters averaged and spread over the channels: their sum over channels is kept
@@ -326,5 +328,6 @@ def test_resnet34_unet_refuses_weights_of_another_architecture(tmp_path):
 
 
 def test_resnet34_unet_input_must_be_divisible_by_32():
-    with pytest.raises(ValueError, match=r"\(48, 48\) is not divisible by the encoder's total stride = 32; pad or resize to \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"\(48, 48\) is not divisible by the encoder's total stride = 32; "
+                                         r"pad or resize to \(64, 64\)"):
         create_model("resnet34_unet", in_channels=1).eval()(torch.zeros(1, 1, 48, 48))

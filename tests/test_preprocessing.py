@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from btseg.preprocessing.image import brain_box, brain_mask, build_target, fit_to_size, normalize, select_slices, split_cases
+from btseg.preprocessing.image import (
+    brain_box,
+    brain_mask,
+    build_target,
+    fit_to_size,
+    normalize,
+    select_slices,
+    split_cases,
+)
 
 
 # One-slice views of the case-level functions, for the hand-computed single-image cases below.

@@ -31,7 +31,8 @@ def test_near_empty_volume_and_hot_spot():
     image, brain = volume()
     empty = np.zeros_like(brain)
     empty[0, 5, 5] = True  # 1 of 1,024 voxels
-    assert any(r.startswith("near-empty volume: brain in 0.10% of the voxels") for r in suspect_reasons(image, empty, ["a", "b", "c"]))
+    assert any(r.startswith("near-empty volume: brain in 0.10% of the voxels")
+               for r in suspect_reasons(image, empty, ["a", "b", "c"]))
     image[1, 0, 8, 8] = 5_000.0  # 50x the channel's 99th percentile (about 100)
     reasons = suspect_reasons(image, brain, ["a", "b", "c"])
     assert len(reasons) == 1 and reasons[0].startswith("intensity outlier in a: maximum 5000 is")

@@ -33,7 +33,8 @@ def test_every_shipped_recipe_is_valid_and_covers_each_real_dataset_on_cpu_and_g
 
 def test_command_turns_each_setting_into_a_set_param(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"description": "d", "set": {
-        "train.epochs": 3, "data.datasets": ["lgg"], "evaluate.tta": True, "train.learning_rate": 0.0005}}, sort_keys=False))
+        "train.epochs": 3, "data.datasets": ["lgg"], "evaluate.tta": True,
+        "train.learning_rate": 0.0005}}, sort_keys=False))
     dvc = command("r", REPO / "params.yaml", tmp_path, extra=["--queue"])
     assert dvc == ["dvc", "exp", "run", "-S", "recipe=r", "-S", "train.epochs=3", "-S", "data.datasets=[lgg]",
                    "-S", "evaluate.tta=true", "-S", "train.learning_rate=0.0005", "--queue"]

@@ -171,7 +171,8 @@ def test_ruff_finds_nothing():
 def test_installs_use_exact_versions_of_every_dependency():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    pins = {line.split("==")[0].lower().replace("_", "-") for line in (REPO / "constraints.txt").read_text().splitlines()
+    pins = {line.split("==")[0].lower().replace("_", "-")
+            for line in (REPO / "constraints.txt").read_text().splitlines()
             if "==" in line and not line.startswith("#")}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["test"]

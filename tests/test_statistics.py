@@ -19,7 +19,8 @@ def test_constant_values_give_a_zero_width_interval():
 def test_interval_agrees_with_scipy_percentile_bootstrap():
     values = np.random.default_rng(5).beta(5, 2, size=17)  # 17 patients' Dice
     ours = bootstrap_ci(values)
-    theirs = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20_000, random_state=1).confidence_interval
+    theirs = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20_000,
+                             random_state=1).confidence_interval
     assert ours == pytest.approx((theirs.low, theirs.high), abs=0.006)
     assert ours[0] < values.mean() < ours[1]
 

@@ -83,7 +83,8 @@ def test_early_stopping_stops_after_patience_epochs_without_gain():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.0
     # a learning rate too small to move validation Dice: only epoch 1 counts as a gain
-    config = train_config(epochs=20, batch_size=8, learning_rate=1e-9, early_stopping_patience=2, optimizer="sgd", momentum=0.0)
+    config = train_config(epochs=20, batch_size=8, learning_rate=1e-9, early_stopping_patience=2, optimizer="sgd",
+                          momentum=0.0)
     result = fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
     assert result.stopped_early and result.best_epoch == 1 and len(result.history) == 3
 

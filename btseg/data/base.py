@@ -50,10 +50,12 @@ class Case:
     def __post_init__(self):
         s = len(self.image)
         if self.image.ndim != 4 or self.regions.ndim != 4:
-            raise ValueError(f"case {self.case_id}: image {self.image.shape} and regions {self.regions.shape} must be (S, C, H, W)")
+            raise ValueError(f"case {self.case_id}: image {self.image.shape} and regions {self.regions.shape} "
+                             "must be (S, C, H, W)")
         if self.regions.shape[0] != s or self.regions.shape[2:] != self.image.shape[2:]:
             raise ValueError(f"case {self.case_id}: image {self.image.shape} and regions {self.regions.shape} disagree")
         if len(self.slice_index) != s or len(self.source_files) != s:
-            raise ValueError(f"case {self.case_id}: {s} slices but {len(self.slice_index)} indices, {len(self.source_files)} files")
+            raise ValueError(f"case {self.case_id}: {s} slices but {len(self.slice_index)} indices, "
+                             f"{len(self.source_files)} files")
         if self.image.shape[1] != len(self.channel_names) or self.regions.shape[1] != len(self.region_names):
             raise ValueError(f"case {self.case_id}: channel/region names do not match the array shapes")

@@ -37,7 +37,8 @@ def list_slices(root: Path) -> list[SliceFile]:
     """Every `volume_<V>_slice_<S>.h5` under the archive root, ordered by volume then slice."""
     data_dir = root / DATA_DIR
     if not data_dir.is_dir():
-        raise PipelineError(f"{data_dir}: folder missing; is {root} a BraTS 2020 h5 download? re-run the download stage")
+        raise PipelineError(f"{data_dir}: folder missing; is {root} a BraTS 2020 h5 download? "
+                            "re-run the download stage")
     found = []
     for path in data_dir.iterdir():
         match = FILE_PATTERN.fullmatch(path.name)
@@ -92,7 +93,8 @@ def list_cases(root: Path, options) -> list[CaseRef]:
     cases: dict[int, list[SliceFile]] = {}
     for file in list_slices(root):
         cases.setdefault(file.volume, []).append(file)
-    return [CaseRef(files[0].case_id, root, tuple(f.path for f in files), extra={"slices": tuple(f.slice_index for f in files)})
+    return [CaseRef(files[0].case_id, root, tuple(f.path for f in files),
+                    extra={"slices": tuple(f.slice_index for f in files)})
             for _, files in sorted(cases.items())]
 
 

@@ -45,7 +45,8 @@ def read_split(root: Path, split: str) -> list[CocoImage]:
     try:
         payload = json.loads(json_path.read_text(encoding="utf-8-sig"))  # -sig: the export starts with a BOM
     except FileNotFoundError:
-        raise PipelineError(f"{json_path}: missing; is {root} the tumor COCO download? re-run the download stage") from None
+        raise PipelineError(f"{json_path}: missing; is {root} the tumor COCO download? "
+                            "re-run the download stage") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PipelineError(f"{json_path}: not valid JSON ({error}); the file is truncated or corrupt") from None
     try:
@@ -53,10 +54,12 @@ def read_split(root: Path, split: str) -> list[CocoImage]:
         for annotation in payload["annotations"]:
             image_id = annotation["image_id"]
             if image_id not in polygons:
-                raise PipelineError(f"{json_path}: annotation {annotation.get('id')} refers to unknown image_id {image_id}")
+                raise PipelineError(f"{json_path}: annotation {annotation.get('id')} refers to unknown "
+                                    f"image_id {image_id}")
             segmentation = annotation["segmentation"]
             if not isinstance(segmentation, list):
-                raise PipelineError(f"{json_path}: annotation {annotation.get('id')}: RLE segmentation is not supported, expected polygons")
+                raise PipelineError(f"{json_path}: annotation {annotation.get('id')}: RLE segmentation is not "
+                                    "supported, expected polygons")
             polygons[image_id].extend(tuple(float(v) for v in polygon) for polygon in segmentation)
         images = [
             CocoImage(root / SPLIT_FOLDERS[split] / image["file_name"], int(image["width"]), int(image["height"]),
@@ -80,7 +83,8 @@ def list_cases(root: Path, options=None) -> list[CaseRef]:
         for image in read_split(root, split):
             grouped.setdefault(image.case_id, []).append(image)
         for case_id, images in sorted(grouped.items()):
-            cases.append(CaseRef(case_id, root, tuple(i.path for i in images), split=split, extra={"images": tuple(images)}))
+            cases.append(CaseRef(case_id, root, tuple(i.path for i in images), split=split,
+                                 extra={"images": tuple(images)}))
     return cases
 
 
@@ -100,7 +104,8 @@ def read_image(image: CocoImage) -> tuple[np.ndarray, np.ndarray]:
         raise PipelineError(f"{image.path}: listed in {ANNOTATIONS} but missing; re-run the download stage")
     grey = decode(image.path, cv2.IMREAD_GRAYSCALE, "image", "re-run the download stage")
     if grey.shape != (image.height, image.width):
-        raise PipelineError(f"{image.path}: image is {grey.shape[1]}x{grey.shape[0]}, {ANNOTATIONS} says {image.width}x{image.height}")
+        raise PipelineError(f"{image.path}: image is {grey.shape[1]}x{grey.shape[0]}, "
+                            f"{ANNOTATIONS} says {image.width}x{image.height}")
     return grey[None].astype(np.float32), rasterize(image.polygons, image.height, image.width)[None]
 
 

@@ -55,7 +55,8 @@ def list_cases(root: Path, options) -> list[CaseRef]:
     try:
         candidates = sorted(p for p in root.glob(options.images) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     except (ValueError, NotImplementedError) as error:
-        raise PipelineError(f"params.yaml: data.folder.images {options.images!r}: not a glob relative to the folder ({error})") from None
+        raise PipelineError(f"params.yaml: data.folder.images {options.images!r}: not a glob relative to the folder "
+                            f"({error})") from None
     mask_of = {image: _mask_path(root, image, options.masks) for image in candidates}
     masks = set(mask_of.values())
     images = [image for image in candidates if image not in masks]  # masks stored beside the images
@@ -72,7 +73,8 @@ def list_cases(root: Path, options) -> list[CaseRef]:
                                 f"'{pattern.pattern}'; fix the pattern or rename the file")
         mask = mask_of[image]
         if not mask.is_file():
-            raise PipelineError(f"{image}: its mask {mask} is missing; add the mask or fix data.folder.masks {options.masks!r}")
+            raise PipelineError(f"{image}: its mask {mask} is missing; add the mask or fix "
+                                f"data.folder.masks {options.masks!r}")
         if mask in by_mask:
             raise PipelineError(f"{image}: shares the mask {mask} with {by_mask[mask]}; keep one of them "
                                 f"or narrow data.folder.images {options.images!r}")
@@ -121,8 +123,9 @@ def read_case(case: CaseRef, options) -> Case:
         if first_image is None:
             first_image = image_path, image.shape[-2:]
         elif image.shape[-2:] != first_image[1]:
-            raise PipelineError(f"{image_path}: image is {_hw(image.shape[-2:])}, but {first_image[0]} of the same case "
-                                f"{case.case_id!r} is {_hw(first_image[1])}; slices of a case must share one size")
+            raise PipelineError(f"{image_path}: image is {_hw(image.shape[-2:])}, but {first_image[0]} "
+                                f"of the same case {case.case_id!r} is {_hw(first_image[1])}; "
+                                f"slices of a case must share one size")
         mask = _read_mask(mask_path)
         if mask.shape != image.shape[-2:]:
             raise PipelineError(f"{mask_path}: mask is {_hw(mask.shape)} but its image {image_path} is "
@@ -180,10 +183,11 @@ def _case_pattern(options) -> re.Pattern:
     try:
         pattern = re.compile(options.case_pattern)
     except re.error as error:
-        raise PipelineError(f"params.yaml: data.folder.case_pattern '{options.case_pattern}': not a regex ({error})") from None
+        raise PipelineError(f"params.yaml: data.folder.case_pattern '{options.case_pattern}': "
+                            f"not a regex ({error})") from None
     if "case" not in pattern.groupindex:
-        raise PipelineError(f"params.yaml: data.folder.case_pattern '{options.case_pattern}': needs a group (?P<case>...) "
-                            f"for the patient id; (?P<case>.+) makes each image its own case")
+        raise PipelineError(f"params.yaml: data.folder.case_pattern '{options.case_pattern}': needs a group "
+                            f"(?P<case>...) for the patient id; (?P<case>.+) makes each image its own case")
     return pattern
 
 
@@ -207,8 +211,8 @@ def _slice_number(match: re.Match, image: Path, pattern: re.Pattern) -> int | No
         return None
     text = match["slice"]
     if text is None or not text.isdigit():
-        raise PipelineError(f"{image}: slice {text!r} from data.folder.case_pattern '{pattern.pattern}' is not a number; "
-                            f"the (?P<slice>...) group must match digits only, e.g. (?P<slice>\\d+)")
+        raise PipelineError(f"{image}: slice {text!r} from data.folder.case_pattern '{pattern.pattern}' "
+                            f"is not a number; the (?P<slice>...) group must match digits only, e.g. (?P<slice>\\d+)")
     return int(text)
 
 
@@ -231,7 +235,8 @@ def _channel_indices(options) -> list[int]:
 def _labels(options) -> dict[str, int]:
     labels = dict(options.labels)
     values = list(labels.values())
-    if not labels or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_LABEL_VALUE for v in values) \
+    if not labels \
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_LABEL_VALUE for v in values) \
             or len(set(values)) != len(values):
         raise PipelineError(f"params.yaml: data.folder.labels {labels}: expected region name -> distinct "
                             f"mask value in 1..{MAX_LABEL_VALUE}, e.g. {{tumor: 255}} (0 is background)")

@@ -29,7 +29,8 @@ def download(handle: str) -> Path:
     try:
         path = kagglehub.dataset_download(handle)
     except Exception as error:  # kagglehub raises many types (HTTP, auth, connection): all mean "could not fetch"
-        raise PipelineError(f"could not download Kaggle dataset {handle}: {one_line(error, 200)}; {CREDENTIALS_HINT}") from None
+        raise PipelineError(f"could not download Kaggle dataset {handle}: {one_line(error, 200)}; "
+                            f"{CREDENTIALS_HINT}") from None
     return Path(path)
 
 

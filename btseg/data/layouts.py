@@ -106,8 +106,8 @@ def build_layout(root: Path, options) -> Layout:
         if unknown:
             raise PipelineError(f"params.yaml: {param}.sequences: {unknown} are not {name} sequences; "
                                 f"its files are named by {list(known)}")
-        return Layout(name, param, root, pattern, {s: image.format(case="{case}", sequence=s) for s in options.sequences},
-                      label, mask, extensions=extensions)
+        images = {s: image.format(case="{case}", sequence=s) for s in options.sequences}
+        return Layout(name, param, root, pattern, images, label, mask, extensions=extensions)
     if name == "custom":
         missing = [s for s in options.sequences if s not in options.files]
         if not options.case_pattern or missing:
@@ -115,8 +115,8 @@ def build_layout(root: Path, options) -> Layout:
                                 f"names) and a files entry for each of sequences {list(options.sequences)}"
                                 + (f"; missing {missing}" if missing else ""))
         return Layout(name, param, root, options.case_pattern,
-                      {s: _strip_extension(options.files[s]) for s in options.sequences}, _strip_extension(options.label_file),
-                      _strip_extension(mask))
+                      {s: _strip_extension(options.files[s]) for s in options.sequences},
+                      _strip_extension(options.label_file), _strip_extension(mask))
     return _flat_layout(name, param, root, options, mask)
 
 
@@ -152,7 +152,8 @@ def _flat_layout(name: str, param: str, root: Path, options, mask: str) -> Layou
         return Layout(name, param, base, None, images, "labelsTr/{case}", _strip_extension(mask), extensions=(ending,))
     images = {s: "imagesTr/{case}" for s in options.sequences}
     return Layout(name, param, base, None, images, "labelsTr/{case}", _strip_extension(mask),
-                  channel_index={s: index[s] for s in options.sequences}, channels_in_file=len(index), extensions=(".nii.gz",))
+                  channel_index={s: index[s] for s in options.sequences}, channels_in_file=len(index),
+                  extensions=(".nii.gz",))
 
 
 def _check_label_values(path: Path, labels, options, param: str) -> None:
@@ -169,8 +170,8 @@ def _check_label_values(path: Path, labels, options, param: str) -> None:
     declared |= {int(k) for k in labels if str(k).isdigit()}  # the Decathlon maps "1": "edema"
     wanted = {v for value in options.labels.values() for v in label_values(value)}
     if wanted - declared:
-        raise PipelineError(f"params.yaml: {param}.labels: values {sorted(wanted - declared)} are not classes of {path} "
-                            f"(its labels: {labels})")
+        raise PipelineError(f"params.yaml: {param}.labels: values {sorted(wanted - declared)} are not classes of "
+                            f"{path} (its labels: {labels})")
 
 
 def _strip_extension(template: str) -> str:
@@ -188,7 +189,8 @@ def where_none_were_found(layout: Layout) -> str:
     if layout.case_folder:
         example = CASE_FOLDER_EXAMPLES.get(layout.name, f"matching {layout.param}.case_pattern {layout.case_folder!r}")
         return f"no {example} case folders at any depth"
-    return f"no {Path(next(iter(layout.images.values()))).name}{layout.extensions[0]} files in {layout.base / 'imagesTr'}"
+    first = Path(next(iter(layout.images.values()))).name
+    return f"no {first}{layout.extensions[0]} files in {layout.base / 'imagesTr'}"
 
 
 def case_locations(layout: Layout, options) -> list[tuple[str, Path]]:
@@ -261,7 +263,8 @@ def label_file_of(layout: Layout, folder: Path, case_id: str, options) -> Path:
         if path.is_file() and path.name.endswith(NIFTI) and not path.name.startswith(".") and path.name not in sequences
     )
     if len(others) == 1:
-        log.info("%s: no %s_seg.nii(.gz); reading the only other NIfTI, %s, as its seg", folder, case_id, others[0].name)
+        log.info("%s: no %s_seg.nii(.gz); reading the only other NIfTI, %s, as its seg", folder, case_id,
+                 others[0].name)
         return others[0]
     found = f"; found candidates {[p.name for p in others]}, rename the seg to {case_id}_seg.nii" if others else ""
     raise PipelineError(f"{folder}: {case_id}_seg.nii(.gz) missing{found}; re-run the download stage")

@@ -94,8 +94,8 @@ def read_case(case: CaseRef, options) -> Case:
         if first_size is None:
             first_path, first_size = image_path, mask.shape
         elif mask.shape != first_size:
-            raise PipelineError(f"{image_path}: slice is {mask.shape}, but {first_path} of the same case is {first_size}; "
-                                f"{DOWNLOAD_HINT}")
+            raise PipelineError(f"{image_path}: slice is {mask.shape}, but {first_path} of the same case "
+                                f"is {first_size}; {DOWNLOAD_HINT}")
         unexpected = np.setdiff1d(np.unique(mask), np.append(label_values, 0))
         if unexpected.size:
             raise PipelineError(
@@ -168,7 +168,8 @@ def _check_options(options) -> None:
         raise PipelineError(f"params.yaml: data.lgg.input_channels {list(options.input_channels)}: expected a "
                             f"non-empty subset of data.lgg.channels {list(options.channels)}")
     values = list(options.labels.values())
-    if not values or len(set(values)) != len(values) or not all(isinstance(v, int) and 0 < v <= MAX_LABEL_VALUE for v in values):
+    if not values or len(set(values)) != len(values) \
+            or not all(isinstance(v, int) and 0 < v <= MAX_LABEL_VALUE for v in values):
         raise PipelineError(f"params.yaml: data.lgg.labels {dict(options.labels)}: expected distinct mask values "
                             f"in 1..{MAX_LABEL_VALUE}, one per region")
 

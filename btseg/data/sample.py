@@ -61,7 +61,8 @@ def write_brats_h5(
     data_dir = root / BRATS_DATA_DIR
     data_dir.mkdir(parents=True)
     if slices_per_case > BRATS_DEPTH:
-        raise PipelineError(f"params.yaml: data.sample.brats2020.slices_per_case: at most {BRATS_DEPTH}, got {slices_per_case}")
+        raise PipelineError(f"params.yaml: data.sample.brats2020.slices_per_case: at most {BRATS_DEPTH}, "
+                            f"got {slices_per_case}")
     # spread the slices over the volume so the top and bottom ones miss the lesion; the margin
     # shrinks as slices are added so the numbers stay distinct (155 gives every slice)
     margin = min(10, (BRATS_DEPTH - slices_per_case) // 2)
@@ -134,7 +135,8 @@ def write_tumor_coco(root: Path, *, images_per_split: dict[str, int], seed: int)
                 for polygon in _polygons(part):
                     annotations.append(_annotation(len(annotations), image_id, polygon, rng))
         payload = {
-            "info": {"year": "2023", "version": "1", "description": "Synthetic sample in the layout of the Roboflow export",
+            "info": {"year": "2023", "version": "1",
+                     "description": "Synthetic sample in the layout of the Roboflow export",
                      "contributor": "", "url": "", "date_created": "2023-08-19T04:37:54+00:00"},
             "licenses": [{"id": 1, "url": "https://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"}],
             "categories": COCO_CATEGORIES,

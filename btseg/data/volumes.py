@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
-from btseg.data.layouts import build_layout, case_locations, label_file_of, label_values, layout_file, param_section, where_none_were_found
+from btseg.data.layouts import (
+    build_layout,
+    case_locations,
+    label_file_of,
+    label_values,
+    layout_file,
+    param_section,
+    where_none_were_found,
+)
 from btseg.data.nifti import SLICE_AXIS, check_same_grid, iter_volumes, read_nifti, to_canonical
 from btseg.errors import PipelineError
 
@@ -29,15 +37,17 @@ def list_cases(root: Path, options) -> list[CaseRef]:
     layout = build_layout(root, options)
     found = case_locations(layout, options)
     if not found:
-        what = ("a BraTS 2020 NIfTI download (MICCAI_BraTS2020_TrainingData)" if layout.param.endswith("brats2020_nifti")
-                else f"a {layout.name} dataset, as {layout.param}.layout says")
+        what = (f"a {layout.name} dataset, as {layout.param}.layout says" if not layout.param.endswith("brats2020_nifti")
+                else "a BraTS 2020 NIfTI download (MICCAI_BraTS2020_TrainingData)")
         raise PipelineError(f"{root}: {where_none_were_found(layout)}; is this {what}? re-run the download stage")
     cases = []
     for case_id, folder in found:
-        channels = [(layout_file(layout, folder, case_id, layout.images[s], f"{layout.param}.input_channels asks for {s}"),
+        channels = [(layout_file(layout, folder, case_id, layout.images[s],
+                                 f"{layout.param}.input_channels asks for {s}"),
                      layout.channel_index.get(s)) for s in options.input_channels]
         label = label_file_of(layout, folder, case_id, options)
-        mask = layout_file(layout, folder, case_id, layout.brain_mask, f"{layout.param}.brain_mask_file") if layout.brain_mask else None
+        mask = (layout_file(layout, folder, case_id, layout.brain_mask, f"{layout.param}.brain_mask_file")
+                if layout.brain_mask else None)
         files = tuple(dict.fromkeys([path for path, _ in channels] + [label] + ([mask] if mask else [])))
         cases.append(CaseRef(case_id=case_id, root=root, files=files,
                              extra={"channels": channels, "label": label, "mask": mask,
@@ -80,8 +90,8 @@ def read_case(case: CaseRef, options) -> Case:
     unexpected = ~np.isin(seg, allowed)
     if unexpected.any():
         found = _plain(np.unique(seg[unexpected]))
-        raise PipelineError(f"{label_file}: unexpected label value(s) {found}; expected 0 or {sorted(set(allowed[1:]))} "
-                            f"per {param}.labels (add the missing sub-region there)")
+        raise PipelineError(f"{label_file}: unexpected label value(s) {found}; expected 0 or "
+                            f"{sorted(set(allowed[1:]))} per {param}.labels (add the missing sub-region there)")
     regions = np.stack([np.isin(seg, group) for group in values], axis=1).view(np.uint8)  # bool is stored as 0/1 bytes
     if case.extra.get("mask") is not None:
         mask_file = case.extra["mask"]

@@ -48,8 +48,9 @@ LABEL_TISSUE = {
 }
 
 
-def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: list[str], labels: dict[str, int], seed: int,
-                 layout: str = "brats2020", files: dict[str, str] | None = None, label_file: str = "") -> None:
+def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: list[str], labels: dict[str, int],
+                 seed: int, layout: str = "brats2020", files: dict[str, str] | None = None,
+                 label_file: str = "") -> None:
     """A dataset in `layout`'s real form, drawn from the phantom; deterministic per seed.
 
     brats2020 (the `brats2020_nifti` sample): `root/BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/
@@ -94,7 +95,8 @@ def write_sample(root: Path, *, cases: int, size: int, depth: int, sequences: li
                 save_nifti(volume, data_dir / "imagesTr" / f"{case_id}_{index:04d}.nii.gz", affine)
             save_nifti(seg, data_dir / "labelsTr" / f"{case_id}.nii.gz", affine)
         else:  # decathlon: one 4D float image per case
-            save_nifti(np.stack(list(volumes.values()), axis=-1).astype(np.float32), data_dir / "imagesTr" / f"{case_id}.nii.gz")
+            stacked = np.stack(list(volumes.values()), axis=-1).astype(np.float32)
+            save_nifti(stacked, data_dir / "imagesTr" / f"{case_id}.nii.gz")
             save_nifti(seg, data_dir / "labelsTr" / f"{case_id}.nii.gz")
     if layout == "brats2020":
         _brats2020_tables(data_dir, case_ids, rng)
@@ -145,7 +147,8 @@ def _brats2020_tables(data_dir: Path, case_ids: list[str], rng) -> None:
     )
 
 
-def _dataset_json(data_dir: Path, layout: str, sequences: list[str], labels: dict[str, int], case_ids: list[str]) -> None:
+def _dataset_json(data_dir: Path, layout: str, sequences: list[str], labels: dict[str, int],
+                  case_ids: list[str]) -> None:
     """dataset.json as nnU-Net v2 (channel_names, labels name -> value, file_ending) or the Decathlon
     (modality, labels value -> name, training list) write it."""
     if layout == "nnunet":

@@ -12,7 +12,8 @@ import pandas as pd
 from btseg.scoring.metrics import scores
 
 
-def counts_at_thresholds(probabilities: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, chunk: int = 256) -> np.ndarray:
+def counts_at_thresholds(probabilities: np.ndarray, truth: np.ndarray, thresholds: np.ndarray,
+                         chunk: int = 256) -> np.ndarray:
     """tp, fp, fn per image and threshold, int64 (N, T, 3), for the predictions `probabilities > t`.
 
     probabilities: float (N, ...); truth: boolean or 0/1, same shape; thresholds: increasing (T,).
@@ -40,7 +41,8 @@ def counts_at_thresholds(probabilities: np.ndarray, truth: np.ndarray, threshold
     return out
 
 
-def threshold_sweep(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame, thresholds: list[float]) -> pd.DataFrame:
+def threshold_sweep(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame,
+                    thresholds: list[float]) -> pd.DataFrame:
     """Mean per-case Dice (averaged over targets) at each threshold: columns threshold, case_dice.
 
     probabilities: float (N, K, H, W); truth: (N, K, H, W); index: case_id per row.

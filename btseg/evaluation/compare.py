@@ -100,10 +100,12 @@ def verdict(result: dict) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(prog="bts-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bts-compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", help="per_case.csv of the reference run (PATH or PATH@REV)")
     parser.add_argument("new", help="per_case.csv of the run to judge (PATH or PATH@REV)")
-    parser.add_argument("--metric", default="dice", help="a per-case column: dice, iou, precision, recall, hd95_px, ...")
+    parser.add_argument("--metric", default="dice",
+                        help="a per-case column: dice, iou, precision, recall, hd95_px, ...")
     parser.add_argument("--target", help="target to compare (default: the first, whole tumor / WT)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)

@@ -33,7 +33,8 @@ def summarize_folds(folds_dir: Path, slices: Path, metrics_file: Path, ensemble_
     files = [folds_dir / f"fold{k}" / "model.pt" for k in params.cv.runs]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise PipelineError(f"{missing[0]}: missing; run the cv_train stages first ({len(missing)} fold model(s) missing)")
+        raise PipelineError(f"{missing[0]}: missing; run the cv_train stages first "
+                            f"({len(missing)} fold model(s) missing)")
     test = load_split(slices, "test")
     device = pick_device("cpu" if params.train.device == "cpu" else "auto")
     set_threads(params.train.num_threads)
@@ -51,9 +52,10 @@ def summarize_folds(folds_dir: Path, slices: Path, metrics_file: Path, ensemble_
     rule = majority_rule([c.get("postprocess", NONE) for c in contents])
     ensemble = score(np.mean(probabilities, axis=0), test, threshold, rule)
     dice = np.array([f["dice"] for f in folds.values()])
-    metrics = {"folds": folds, "fold_mean_dice": float(dice.mean()), "fold_sd_dice": float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
-               "ensemble": {**ensemble, "threshold": threshold, "postprocess": rule}, "cases": int(test.index.case_id.nunique()),
-               "folds_of": params.cv.folds}
+    metrics = {"folds": folds, "fold_mean_dice": float(dice.mean()),
+               "fold_sd_dice": float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
+               "ensemble": {**ensemble, "threshold": threshold, "postprocess": rule},
+               "cases": int(test.index.case_id.nunique()), "folds_of": params.cv.folds}
     write_ensemble(ensemble_file, contents, threshold, rule)
     write_json(metrics_file, metrics)
     log.info("%d folds: test per-case Dice %.4f +- %.4f (mean +- sd); ensemble %.4f (95%% CI %.4f-%.4f)", len(dice),

@@ -53,8 +53,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     model = model.to(device)
 
     def predict(images: np.ndarray) -> np.ndarray:  # bf16 on a GPU under auto, as in training's validation
-        return predict_probabilities(model, images, device, precision=speed.precision, channels_last=speed.channels_last,
-                                     tta=settings.tta)
+        return predict_probabilities(model, images, device, precision=speed.precision,
+                                     channels_last=speed.channels_last, tta=settings.tta)
 
     # the decisions are the model file's (what bts-predict applies); the sweeps they came from are recorded
     threshold, rule = float(contents["threshold"]), str(contents["postprocess"])
@@ -65,7 +65,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     predicted = apply_rule(probabilities > threshold, test.index, rule)
     per_slice, per_case, metrics = evaluate_targets(predicted, test.masks, test.index, targets,
                                                     size_buckets=dict(settings.size_buckets))
-    pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k], PR_THRESHOLDS).assign(target=name)
+    pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k],
+                                                 PR_THRESHOLDS).assign(target=name)
                           for k, name in enumerate(targets)], ignore_index=True)
     chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
               "val_case_dice": None if sweep is None else float(sweep.case_dice.max()),
@@ -82,7 +83,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
             sweep.to_csv(partial / "threshold_sweep.csv", index=False, float_format="%.6f")
         if rules is not None:
             rules.to_csv(partial / "postprocess_sweep.csv", index=False, float_format="%.6f")
-        write_json(partial / "settings.json", {**chosen, "targets": targets, "size_buckets": dict(settings.size_buckets),
+        write_json(partial / "settings.json", {**chosen, "targets": targets,
+                                               "size_buckets": dict(settings.size_buckets),
                                                "pr_thresholds": PR_THRESHOLDS.tolist(), **conventions})
         np.save(partial / "probabilities.npy", probabilities.astype(np.float16))
         write_json(partial / "metrics_full.json", metrics)  # every number, for reading rather than comparing

@@ -11,10 +11,12 @@ import pandas as pd
 
 
 def _slice_title(row) -> str:
-    return f"slice {row.slice_index}: Dice {row.dice:.2f}\ntumor {row.truth_pixels} px, predicted {row.predicted_pixels} px"
+    return (f"slice {row.slice_index}: Dice {row.dice:.2f}\n"
+            f"tumor {row.truth_pixels} px, predicted {row.predicted_pixels} px")
 
 
-def _case_slices(per_case: pd.DataFrame, per_slice: pd.DataFrame, order: list[str], slice_key: list[str]) -> pd.DataFrame:
+def _case_slices(per_case: pd.DataFrame, per_slice: pd.DataFrame, order: list[str],
+                 slice_key: list[str]) -> pd.DataFrame:
     """For each case in `order`, its slice ranked first by `slice_key` (descending), titled with the case's numbers."""
     rows = []
     for case_id in order:
@@ -32,13 +34,16 @@ def worst_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int) -> pd.D
     each shown by its slice with the most wrong pixels (false positives + false negatives)."""
     scored = per_case[(per_case.tp + per_case.fn + per_case.fp) > 0].assign(tumor=lambda t: t.tp + t.fn)
     order = scored.sort_values(["dice", "tumor"], ascending=[True, False], kind="stable").case_id.head(k).tolist()
-    return _case_slices(per_case, per_slice.assign(errors=per_slice.fp + per_slice.fn), order, ["errors", "truth_pixels"])
+    return _case_slices(per_case, per_slice.assign(errors=per_slice.fp + per_slice.fn), order,
+                        ["errors", "truth_pixels"])
 
 
-def best_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int, exclude: set[str] = frozenset()) -> pd.DataFrame:
+def best_cases(per_case: pd.DataFrame, per_slice: pd.DataFrame, k: int,
+               exclude: set[str] = frozenset()) -> pd.DataFrame:
     """The k cases with tumor and the highest per-case Dice, each shown by its slice with the most tumor;
     cases in `exclude` (those already shown as the worst) are left out, so no case appears twice."""
-    scored = per_case[((per_case.tp + per_case.fn) > 0) & ~per_case.case_id.isin(exclude)].assign(tumor=lambda t: t.tp + t.fn)
+    scored = per_case[((per_case.tp + per_case.fn) > 0)
+                      & ~per_case.case_id.isin(exclude)].assign(tumor=lambda t: t.tp + t.fn)
     order = scored.sort_values(["dice", "tumor"], ascending=[False, False], kind="stable").case_id.head(k).tolist()
     return _case_slices(per_case, per_slice, order, ["truth_pixels"])
 

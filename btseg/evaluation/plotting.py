@@ -102,7 +102,8 @@ def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarr
             axes[1, column].contour(truth.astype(float), levels=[0.5], colors=[OUTLINE], linewidths=1.0)
         # a miss or false alarm of a few pixels vanishes under the outline: ring it (only where the
         # slice's misses or false alarms are all small; a large one is seen, and rings would clutter it)
-        for region, colour in ((truth & ~prediction, COLOURS["FN: tumor missed"]), (prediction & ~truth, COLOURS["FP: false alarm"])):
+        for region, colour in ((truth & ~prediction, COLOURS["FN: tumor missed"]),
+                               (prediction & ~truth, COLOURS["FP: false alarm"])):
             limit = max(SMALL_PIXELS, region.size // 500)
             centres = small_regions(region, limit) if region.sum() <= 3 * limit else []
             if centres:
@@ -114,14 +115,16 @@ def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarr
     return figure
 
 
-def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: pd.DataFrame, threshold: float, suptitle: str):
+def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: pd.DataFrame, threshold: float,
+                    suptitle: str):
     """Three panels: per-slice Dice vs true tumor area, the per-case Dice distribution, and the
     pooled precision-recall curve over thresholds with the chosen threshold marked."""
     figure, (size_axis, case_axis, pr_axis) = plt.subplots(1, 3, figsize=(15, 4.6))
     tumor = per_slice[per_slice.truth_pixels > 0]
     found = tumor.predicted_pixels > 0
     size_axis.scatter(tumor.truth_pixels[found], tumor.dice[found], s=14, alpha=0.7, label="slices with tumor")
-    size_axis.scatter(tumor.truth_pixels[~found], tumor.dice[~found], s=22, marker="x", color="red", label="missed (nothing predicted)")
+    size_axis.scatter(tumor.truth_pixels[~found], tumor.dice[~found], s=22, marker="x", color="red",
+                      label="missed (nothing predicted)")
     if len(tumor):
         size_axis.set_xscale("log")
     size_axis.set(xlabel="true tumor area per slice (pixels, log scale)", ylabel="Dice", ylim=(-0.03, 1.03),
@@ -131,7 +134,8 @@ def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: p
 
     dice = np.sort(per_case.dice.to_numpy())
     case_axis.hist(dice, bins=np.linspace(0, 1, 21), color="tab:blue", alpha=0.75)
-    case_axis.axvline(dice.mean() if len(dice) else 0, color="black", linestyle="--", label=f"mean {dice.mean() if len(dice) else 0:.3f}")
+    case_axis.axvline(dice.mean() if len(dice) else 0, color="black", linestyle="--",
+                      label=f"mean {dice.mean() if len(dice) else 0:.3f}")
     case_axis.set(xlabel="per-case Dice (slices stacked into a volume)", ylabel="cases", xlim=(0, 1),
                   title=f"per-case Dice distribution ({len(dice)} cases)")
     case_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -141,8 +145,8 @@ def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: p
     pr_axis.plot(pr_curve.recall, pr_curve.precision, color="tab:purple", marker=".", markersize=3)
     at = pr_curve.iloc[(pr_curve.threshold - threshold).abs().argsort()[:1]]
     pr_axis.scatter(at.recall, at.precision, s=60, color="black", zorder=3, label=f"threshold {threshold:.2f}")
-    pr_axis.set(xlabel="recall (pooled pixels)", ylabel="precision (pooled pixels)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-                title="precision-recall over thresholds 0.01-0.99")
+    pr_axis.set(xlabel="recall (pooled pixels)", ylabel="precision (pooled pixels)", xlim=(-0.02, 1.02),
+                ylim=(-0.02, 1.02), title="precision-recall over thresholds 0.01-0.99")
     pr_axis.legend(fontsize=8, loc="lower left")
     pr_axis.grid(alpha=0.3)
     figure.suptitle(suptitle, fontsize=11)

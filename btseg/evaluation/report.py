@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 def _read_evaluation(evaluation: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
     try:
         settings = json.loads((evaluation / "settings.json").read_text(encoding="utf-8"))
-        tables = [pd.read_csv(evaluation / f"{name}.csv", dtype={"case_id": str}) for name in ("per_slice", "per_case", "pr_curve")]
+        tables = [pd.read_csv(evaluation / f"{name}.csv", dtype={"case_id": str})
+                  for name in ("per_slice", "per_case", "pr_curve")]
         probabilities = np.load(evaluation / "probabilities.npy", mmap_mode="r")
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the evaluate stage first") from None
@@ -64,8 +65,10 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
     worst = failures.worst_cases(per_case, per_slice, k)
     galleries = {
         "worst_cases": (worst, "worst cases by per-case Dice", "no case with tumor or prediction"),
-        "missed_tumors": (failures.missed_tumors(per_slice, k), "missed tumors (tumor present, nothing predicted)", "no missed tumor"),
-        "false_alarms": (failures.false_alarms(per_slice, k), "false alarms (no tumor, something predicted)", "no false alarm"),
+        "missed_tumors": (failures.missed_tumors(per_slice, k), "missed tumors (tumor present, nothing predicted)",
+                          "no missed tumor"),
+        "false_alarms": (failures.false_alarms(per_slice, k), "false alarms (no tumor, something predicted)",
+                         "no false alarm"),
         "best_cases": (failures.best_cases(per_case, per_slice, k, exclude=set(worst.case_id)),
                        "best cases by per-case Dice (other than the worst)", "no case with tumor beyond the worst"),
     }
@@ -79,7 +82,8 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
 
     tumor = per_slice[per_slice.truth_pixels > 0]
     plots = {
-        "dice_vs_size": tumor[["case_id", "slice_index", "truth_pixels", "dice"]].rename(columns={"truth_pixels": "tumor_pixels"}),
+        "dice_vs_size": (tumor[["case_id", "slice_index", "truth_pixels", "dice"]]
+                         .rename(columns={"truth_pixels": "tumor_pixels"})),
         "case_dice": per_case[["case_id", "dice", "hd95_px"]].sort_values("dice", kind="stable"),
         "pr_curve": pr_curve[["threshold", "recall", "precision", "dice"]],
     }

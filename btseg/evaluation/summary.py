@@ -34,10 +34,12 @@ def read_dice(path: Path) -> float:
 def dice_table(metrics_dir: Path, datasets: Sequence[str], models: Sequence[str]) -> dict[str, dict[str, float]]:
     """{dataset: {model: per-case Dice}} from `metrics_dir/<dataset>/<model>.json`, in params order
     (files of datasets or models no longer listed are left out)."""
-    return {dataset: {model: read_dice(metrics_dir / dataset / f"{model}.json") for model in models} for dataset in datasets}
+    return {dataset: {model: read_dice(metrics_dir / dataset / f"{model}.json") for model in models}
+            for dataset in datasets}
 
 
-def write_summary(metrics_dir: Path, out: Path, datasets: Sequence[str], models: Sequence[str]) -> dict[str, dict[str, float]]:
+def write_summary(metrics_dir: Path, out: Path, datasets: Sequence[str],
+                  models: Sequence[str]) -> dict[str, dict[str, float]]:
     table = dice_table(metrics_dir, datasets, models)
     write_json(out, table)
     return table

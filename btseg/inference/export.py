@@ -4,7 +4,7 @@ The .pt2 file holds the network's graph and weights; loading it needs PyTorch on
 package: `torch.export.load("model.pt2").module()(x)` with x float32 (N, C, H, W) prepared as the
 embedded `preprocessing.json` says, returning logits (N, K, H, W). The batch size is dynamic.
 An existing --out is replaced only when it is such a program (a re-export); any other file is left alone.
-"""
+"""  # noqa: E501  (the first line is argparse's description, kept whole)
 
 from __future__ import annotations
 

@@ -84,8 +84,8 @@ def find_scans(paths: list[Path], model: Model, out: Path | None = None
     if nifti:
         dataset = model.checkpoint["data_meta"]["dataset"]
         if dataset in IMAGE_FILE_DATASETS:
-            problems += [f"{folder}: NIfTI volumes, but the model was trained on 2D images ({dataset}); give it PNG/JPG/TIF images"
-                         for folder in sorted({p.parent for p in nifti})]
+            problems += [f"{folder}: NIfTI volumes, but the model was trained on 2D images ({dataset}); "
+                         "give it PNG/JPG/TIF images" for folder in sorted({p.parent for p in nifti})]
         else:
             cases, missing = layouts.group_cases(nifti, model.layout)
             groups += [VolumeCase(name, tuple(channels)) for name, channels in cases]
@@ -131,7 +131,8 @@ def read_scan(group: Path | list[Path] | VolumeCase, model: Model) -> Scan:
 
 
 def _read_volumes(case: VolumeCase, model: Model) -> Scan:
-    """The case's volumes in canonical orientation, sliced along the training axis (the dataset reader's code and checks)."""
+    """The case's volumes in canonical orientation, sliced along the training axis (the dataset reader's code and
+    checks)."""
     spec = model.layout
     axis = nifti.SLICE_AXIS[spec["axis"]]
     stack, reference = [], None
@@ -141,7 +142,8 @@ def _read_volumes(case: VolumeCase, model: Model) -> Scan:
         stack.append(np.moveaxis(volume, axis, 0))
     voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
     sources = list(dict.fromkeys(path for path, _ in case.channels))
-    return Scan(case.name, "nifti", np.ascontiguousarray(np.stack(stack, axis=1)), sources, reference, voxel_ml, axis=axis)
+    image = np.ascontiguousarray(np.stack(stack, axis=1))
+    return Scan(case.name, "nifti", image, sources, reference, voxel_ml, axis=axis)
 
 
 def _read_h5(files: list[Path], model: Model) -> Scan:

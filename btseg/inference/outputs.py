@@ -42,7 +42,8 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         data = nifti.from_canonical(canonical, scan.reference.affine)  # the input's own orientation
         header = scan.reference.header.copy()
         header.set_data_dtype(np.uint8)
-        files[folder / f"{scan.name}_mask.nii.gz"] = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)
+        mask = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)
+        files[folder / f"{scan.name}_mask.nii.gz"] = mask
     else:
         for i, source in enumerate(scan.sources):
             rgb = overlay(scan.image[i, 0], masks[i, 0], masks[i, 0])
@@ -63,7 +64,8 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     if model.trained_on_sample:
         summary["warning"] = SAMPLE_WARNING
     if scan.voxel_ml is not None:
-        summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4) for k, name in enumerate(model.targets)}
+        summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4)
+                                      for k, name in enumerate(model.targets)}
     files[folder / f"{scan.name}_summary.json"] = json.dumps(summary, indent=2) + "\n"
     _write_all(files)
     return summary

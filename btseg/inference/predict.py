@@ -25,8 +25,10 @@ log = logging.getLogger("btseg.inference.predict")
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a model file written by the train stage (models/<dataset>/<model>/model.pt)")
-    parser.add_argument("inputs", type=Path, nargs="+", help="case folders, NIfTI/.h5 files, images, or folders of them")
+    parser.add_argument("model", type=Path,
+                        help="a model file written by the train stage (models/<dataset>/<model>/model.pt)")
+    parser.add_argument("inputs", type=Path, nargs="+",
+                        help="case folders, NIfTI/.h5 files, images, or folders of them")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)

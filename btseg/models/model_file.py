@@ -88,7 +88,8 @@ def load_model_file(path) -> tuple[nn.Module, dict]:
     training checkpoint, another format version) is a PipelineError naming the file."""
     contents = _safe_load(path)
     if CHECKPOINT_KEY in contents and "state_dict" not in contents:
-        raise PipelineError(f"{path}: a training checkpoint (checkpoint.pt), not a model file; use the model.pt of its run")
+        raise PipelineError(f"{path}: a training checkpoint (checkpoint.pt), not a model file; "
+                            "use the model.pt of its run")
     if "format_version" not in contents:
         raise PipelineError(f"{path}: {_NOT_OURS}; it holds no format_version")
     if contents["format_version"] != MODEL_FORMAT:

@@ -31,7 +31,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -88,7 +89,8 @@ def load_encoder_weights(encoder: ResNet34Encoder, path: str | Path) -> None:
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, resnet34 has {tuple(expected[wrong[0]].shape)}")
+                  else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                       f"resnet34 has {tuple(expected[wrong[0]].shape)}")
         raise ValueError(f"{path}: not a torchvision resnet34 state dict ({detail})")
     encoder.load_state_dict(state)
 

@@ -28,7 +28,8 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 
 
 def _conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), norm_layer(norm, out_channels), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), norm_layer(norm, out_channels),
+            nn.ReLU(inplace=True)]
 
 
 class DoubleConv(nn.Sequential):
@@ -78,7 +79,8 @@ class Decoder(nn.Module):
     def __init__(self, widths: list[int], block: type[nn.Module], norm: str, dropout: float):
         super().__init__()
         levels = range(len(widths) - 1)
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(levels))
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                      for i in reversed(levels))
         self.blocks = nn.ModuleList(block(2 * widths[i], widths[i], norm, dropout) for i in reversed(levels))
 
     def forward(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -98,8 +100,8 @@ class _EncoderDecoder(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if deep_supervision and depth < 2:
-            raise ValueError("deep supervision needs depth >= 2 (auxiliary outputs come from the coarser decoder levels), "
-                             f"got depth {depth}")
+            raise ValueError("deep supervision needs depth >= 2 (auxiliary outputs come from the coarser decoder "
+                             f"levels), got depth {depth}")
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.depth = depth
         self.encoder = nn.ModuleList(

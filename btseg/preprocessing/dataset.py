@@ -106,7 +106,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
 
     # volumes: which file holds each sequence, kept with the model so bts-predict reads the same layout
-    layout = {"layout": layouts.build_layout(raw, options).spec(options.axis, channels)} if dataset in VOLUME_DATASETS else {}
+    layout = ({"layout": layouts.build_layout(raw, options).spec(options.axis, channels)}
+              if dataset in VOLUME_DATASETS else {})
     stored = len(channels) * (2 * p.neighbours + 1)  # 2.5D: each sequence with its neighbours
     staging = SliceWriter(out / "_all", stored, len(outputs), p.size)
     kept: list[Prepared] = []  # arrays dropped once written: only the bookkeeping stays in memory
@@ -129,7 +130,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
             if not len(prepared.images):
                 continue  # a case without slices is in no split
             start = len(staging.rows)
-            staging.add(prepared.images, prepared.masks, prepared.case.case_id, prepared.slice_index, prepared.source_files)
+            staging.add(prepared.images, prepared.masks, prepared.case.case_id, prepared.slice_index,
+                        prepared.source_files)
             rows[len(kept)] = (start, len(staging.rows))
             prepared.images = prepared.masks = None
             kept.append(prepared)
@@ -141,7 +143,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     has_tumor = {}
     for i, prepared in enumerate(kept):
         start, end = rows[i]
-        has_tumor[prepared.case.case_id] = has_tumor.get(prepared.case.case_id, False) or any(r[4] > 0 for r in staging.rows[start:end])
+        has_tumor[prepared.case.case_id] = (has_tumor.get(prepared.case.case_id, False)
+                                            or any(r[4] > 0 for r in staging.rows[start:end]))
     assignment, split_by = _assign_splits(kept, has_tumor, params, raw)
 
     all_images = np.load(out / "_all" / "images.npy", mmap_mode="r")
@@ -191,7 +194,8 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     return counts
 
 
-def _assign_splits(kept: list[Prepared], has_tumor: dict[str, bool], params: Params, raw: Path) -> tuple[list[str], str]:
+def _assign_splits(kept: list[Prepared], has_tumor: dict[str, bool], params: Params,
+                   raw: Path) -> tuple[list[str], str]:
     """Split name per kept case; the dataset's own split is kept only if no case sits in two splits."""
     p = params.preprocess
     own = [prepared.case.split for prepared in kept]

@@ -83,7 +83,8 @@ def fit_to_size(planes: np.ndarray, size: int, mode: str, is_mask: bool) -> np.n
         raise ValueError(f"unknown fit mode '{mode}'; expected resize or letterbox")
     shrinking = target[0] <= height and target[1] <= width
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = np.stack([cv2.resize(p.astype(np.float32), (target[1], target[0]), interpolation=interpolation) for p in planes])
+    resized = np.stack([cv2.resize(p.astype(np.float32), (target[1], target[0]), interpolation=interpolation)
+                        for p in planes])
     if is_mask:
         resized = (resized >= 0.5).astype(np.uint8)
     out = np.zeros((len(planes), size, size), resized.dtype)
@@ -95,7 +96,8 @@ def fit_to_size(planes: np.ndarray, size: int, mode: str, is_mask: bool) -> np.n
 def build_target(regions: np.ndarray, region_names: tuple[str, ...], outputs: dict[str, list[str]]) -> np.ndarray:
     """Sub-region masks (S, K, H, W) -> target masks (S, len(outputs), H, W): each output unites its sub-regions."""
     index = {name: i for i, name in enumerate(region_names)}
-    return np.stack([regions[:, [index[n] for n in members]].any(axis=1) for members in outputs.values()], axis=1).astype(np.uint8)
+    return np.stack([regions[:, [index[n] for n in members]].any(axis=1) for members in outputs.values()],
+                    axis=1).astype(np.uint8)
 
 
 def select_slices(has_tumor: np.ndarray, brain_pixels: np.ndarray, tumor_free_fraction: float,
@@ -222,8 +224,8 @@ def place_back(probabilities: np.ndarray, placement: Placement, settings: Settin
         th, tw = max(1, round(box_h * scale)), max(1, round(box_w * scale))
         top, left = (settings.size - th) // 2, (settings.size - tw) // 2
         planes = planes[:, top:top + th, left:left + tw]
-    restored = np.stack([cv2.resize(p, (box_w, box_h), interpolation=cv2.INTER_LINEAR) for p in planes]) if len(planes) \
-        else np.zeros((0, box_h, box_w), np.float32)
+    restored = (np.stack([cv2.resize(p, (box_w, box_h), interpolation=cv2.INTER_LINEAR) for p in planes])
+                if len(planes) else np.zeros((0, box_h, box_w), np.float32))
     out = np.zeros((s, k, placement.height, placement.width), np.float32)
     out[:, :, placement.rows, placement.cols] = restored.reshape(s, k, box_h, box_w)
     return out

@@ -22,7 +22,8 @@ def suspect_reasons(image: np.ndarray, brain: np.ndarray, channels: list[str]) -
     for a in range(len(channels)):
         for b in range(a + 1, len(channels)):
             if np.array_equal(image[:, a], image[:, b]):
-                reasons.append(f"channels {channels[a]} and {channels[b]} are identical (a missing sequence filled in?)")
+                reasons.append(f"channels {channels[a]} and {channels[b]} are identical "
+                               "(a missing sequence filled in?)")
     fraction = float(brain.mean()) if brain.size else 0.0
     if fraction < NEAR_EMPTY:
         reasons.append(f"near-empty volume: brain in {fraction:.2%} of the voxels")

@@ -117,12 +117,14 @@ def load_split(root: Path, split: str) -> SliceSet:
     if missing:
         raise PipelineError(f"{meta_path}: field(s) {missing} missing")
     if meta["schema_version"] != SCHEMA_VERSION:
-        raise PipelineError(f"{meta_path}: schema_version {meta['schema_version']}, this code reads {SCHEMA_VERSION}; re-run preprocess")
+        raise PipelineError(f"{meta_path}: schema_version {meta['schema_version']}, this code reads {SCHEMA_VERSION}; "
+                            "re-run preprocess")
     # 2.5D input (preprocess.neighbours = k) stores each sequence 2k + 1 times: the slice and its neighbours
     stacked = 2 * meta.get("geometry", {}).get("neighbours", 0) + 1
     count, channels, size = meta["counts"]["slices"], len(meta["channels"]) * stacked, meta["size"]
     targets = len(meta["targets"])
-    expected = {"images.npy": (np.float16, (count, channels, size, size)), "masks.npy": (np.uint8, (count, targets, size, size))}
+    expected = {"images.npy": (np.float16, (count, channels, size, size)),
+                "masks.npy": (np.uint8, (count, targets, size, size))}
     arrays = {}
     for name, (dtype, shape) in expected.items():
         path = folder / name

@@ -90,7 +90,8 @@ def summary(per_slice: pd.DataFrame, per_case: pd.DataFrame, size_buckets: dict[
     low, high = bootstrap_ci(per_case.dice.to_numpy())
     result = {
         # the headline with its 95% bootstrap interval over cases (patients resampled)
-        "per_case": {**{name: float(per_case[name].mean()) for name in METRICS}, "dice_ci95_low": low, "dice_ci95_high": high},
+        "per_case": {**{name: float(per_case[name].mean()) for name in METRICS},
+                     "dice_ci95_low": low, "dice_ci95_high": high},
         "per_slice": {name: float(per_slice[name].mean()) for name in METRICS},
         "pooled": {name: float(pooled[name][0]) for name in METRICS},
         "cases": int(len(per_case)),
@@ -155,7 +156,8 @@ def headline(metrics: dict) -> dict:
     """The few numbers people compare across experiments (the metrics file DVC shows): per-case
     Dice with its interval, IoU, precision, recall and HD95; per-slice and pooled Dice; the
     threshold and the number of cases. Everything else stays in the full report."""
-    slim = {group: {name: metrics[group][name] for name in names if name in metrics[group]} for group, names in HEADLINE.items()}
+    slim = {group: {name: metrics[group][name] for name in names if name in metrics[group]}
+            for group, names in HEADLINE.items()}
     return {**slim, "threshold": metrics["threshold"], "cases": metrics["cases"]}
 
 
@@ -189,7 +191,8 @@ def specificity(counts: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """Boolean surface of a boolean mask: pixels with a face-connected neighbour outside (array edge counts as outside)."""
+    """Boolean surface of a boolean mask: pixels with a face-connected neighbour outside
+    (array edge counts as outside)."""
     return mask & ~ndimage.binary_erosion(mask)  # erosion's border_value=0: the edge is outside
 
 
@@ -321,7 +324,8 @@ def _by_bound(bounds: dict[str, float]) -> dict[str, float]:
 
 def _mean(values: np.ndarray) -> float | None:
     """Mean ignoring NaN; None (JSON null) when nothing is left."""
-    values = np.array([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))], dtype=np.float64)
+    values = np.array([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))],
+                      dtype=np.float64)
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else None
 

@@ -15,7 +15,8 @@ ROUNDS = 10_000  # bootstrap resamples; the interval's ends move by well under 0
 SEED = 0
 
 
-def bootstrap_ci(values: np.ndarray, level: float = 0.95, rounds: int = ROUNDS, seed: int = SEED) -> tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, rounds: int = ROUNDS,
+                 seed: int = SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (one value per case), resampling cases
     with replacement. One value gives a zero-width interval; no values, (nan, nan)."""
     values = np.asarray(values, dtype=np.float64)

@@ -55,7 +55,8 @@ class Augmenter:
             A.RandomBrightnessContrast(brightness_limit=p.brightness_contrast_limit,
                                        contrast_limit=p.brightness_contrast_limit, p=p.brightness_contrast),
             A.RandomGamma(gamma_limit=(80, 120), p=p.gamma),
-            A.GaussNoise(std_range=(p.noise_std / 4, p.noise_std / 4), p=p.noise),  # std relative to the [0, 1] range ~ 4 sd
+            # std relative to the [0, 1] range ~ 4 sd
+            A.GaussNoise(std_range=(p.noise_std / 4, p.noise_std / 4), p=p.noise),
         ])
         return geometric, intensity
 

@@ -35,7 +35,8 @@ class DeviceAugmenter:
         self._kernels: dict[torch.device, torch.Tensor] = {}
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor, epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, epoch: int,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment float images (B, C, H, W) and float 0/1 masks (B, K, H, W) on their device; new tensors."""
         p, device = self.params, images.device
         generator = torch.Generator(device=device)
@@ -67,8 +68,10 @@ class DeviceAugmenter:
             images, masks = _flip(images, vflip, -2), _flip(masks, vflip, -2)
         if p.affine > 0 or p.elastic > 0:
             grid = self._grid(images.shape, affine, angle, scale, shift, elastic, noise_field)
-            images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-            masks = F.grid_sample(masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
+            images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros",
+                                   align_corners=False)
+            masks = F.grid_sample(masks, grid.to(masks.dtype), mode="nearest", padding_mode="zeros",
+                                  align_corners=False)
         if p.brightness_contrast > 0 or p.gamma > 0 or p.noise > 0:
             images = self._intensity(images, contrast, alpha, beta, gamma, gamma_power, noisy, generator)
         return images, masks

@@ -18,7 +18,8 @@ from btseg.preprocessing.slices import SliceSet
 
 
 def assign_folds(case_ids: list[str], folds: int, seed: int) -> dict[str, int]:
-    """case_id -> fold 0..folds-1: the sorted cases shuffled by `seed`, then dealt in turn (sizes differ by one at most)."""
+    """case_id -> fold 0..folds-1: the sorted cases shuffled by `seed`, then dealt in turn
+    (sizes differ by one at most)."""
     cases = sorted(set(case_ids))
     if len(cases) < folds:
         raise PipelineError(f"params.yaml: cv.folds: {folds} folds need at least {folds} train and val patients, "

@@ -107,7 +107,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams, steps_
             return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, total - warmup)))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if config.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=config.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                          patience=config.plateau_patience)
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, epochs=config.epochs,
                                                    steps_per_epoch=steps_per_epoch)
@@ -173,7 +174,8 @@ def training_batches(train: SliceSet, config: TrainParams, device: torch.device,
     cpu_augmenter = Augmenter(config.augment, seed)
     active = cpu_augmenter.active
     loader, plan = make_loader(train.images, train.masks, batch_size=config.batch_size // dist.world, seed=config.seed,
-                               speed=speed, device=device, augmenter=cpu_augmenter if active and not on_device else None,
+                               speed=speed, device=device,
+                               augmenter=cpu_augmenter if active and not on_device else None,
                                rank=dist.rank, world=dist.world)
     return loader, plan, DeviceAugmenter(config.augment, seed) if active and on_device else None
 

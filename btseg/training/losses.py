@@ -18,7 +18,8 @@ from btseg.config import LOSS_NAMES
 LOSSES = LOSS_NAMES  # each name is a branch of Loss.__call__
 
 
-def _sums(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sums(logits: torch.Tensor, target: torch.Tensor,
+          reduction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """True-positive, false-positive, false-negative soft counts: (N, K) per image or (K,) per batch."""
     probs = torch.sigmoid(logits.float())
     target = target.to(probs.dtype)
@@ -29,7 +30,8 @@ def _sums(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> tuple[t
     return tp, (probs * (1 - target)).sum(dims), ((1 - probs) * target).sum(dims)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, reduction: str = "image") -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+                   reduction: str = "image") -> torch.Tensor:
     """1 - soft Dice, per image (or batch) and target channel, averaged."""
     tp, fp, fn = _sums(logits, target, reduction)
     return 1 - ((2 * tp + smooth) / (2 * tp + fp + fn + smooth)).mean()
@@ -96,5 +98,6 @@ class Loss:
             return self(outputs, target)
         weights = [0.5**level for level in range(len(outputs))]
         total = sum(w * self(out, target if out.shape[-2:] == target.shape[-2:]
-                             else (F.adaptive_max_pool2d(target.float(), out.shape[-2:]))) for w, out in zip(weights, outputs))
+                             else (F.adaptive_max_pool2d(target.float(), out.shape[-2:])))
+                    for w, out in zip(weights, outputs))
         return total / sum(weights)

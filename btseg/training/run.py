@@ -66,7 +66,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     model, model_args = build_model(model_name, train_split, config, dist, device)
     threshold = params.evaluate.threshold  # validation Dice during training is measured at this threshold
     identity = {"model": model_name, "data": data_meta(train_split), "train_slices": len(train_split.images),
-                "threshold": threshold, "tta": params.evaluate.tta, "data_files": data_fingerprint(slices), "code": code_hash(),
+                "threshold": threshold, "tta": params.evaluate.tta, "data_files": data_fingerprint(slices),
+                "code": code_hash(),
                 **({} if fold is None else {"fold": [fold, params.cv.folds, params.preprocess.seed]})}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or out / "checkpoint.pt"
@@ -106,7 +107,8 @@ def launch_torchrun(nproc: int, command: Sequence[str]) -> None:
     log.info("launching %d processes: %s", nproc, " ".join(command))
     code = subprocess.run(command).returncode
     if code:
-        raise PipelineError(f"distributed training (train.nproc={nproc}) failed with exit code {code}; see the errors above")
+        raise PipelineError(f"distributed training (train.nproc={nproc}) failed with exit code {code}; "
+                            "see the errors above")
 
 
 def init_distributed(config: TrainParams) -> Distributed:
@@ -148,7 +150,8 @@ def build_model(name: str, train_split: SliceSet, config: TrainParams, dist: Dis
     try:
         model = create_model(name, **model_args, encoder_weights=config.encoder_weights or None)
     except ValueError as error:
-        key = "train.encoder_weights" if config.encoder_weights and "state dict" in str(error) else f"train.models ({name})"
+        key = ("train.encoder_weights" if config.encoder_weights and "state dict" in str(error)
+               else f"train.models ({name})")
         raise PipelineError(f"params.yaml: {key}: {error}") from None
     if dist.world > 1:
         if config.sync_batchnorm:
@@ -157,7 +160,8 @@ def build_model(name: str, train_split: SliceSet, config: TrainParams, dist: Dis
                                     "set it to false on CPU")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         placed = model.to(device, memory_format=memory_format(config.speed.channels_last, device))
-        model = torch.nn.parallel.DistributedDataParallel(placed, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(placed,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
     return model, model_args
 
 

@@ -216,7 +216,8 @@ def test_stem_not_matching_the_pattern_names_file_and_param(tmp_path):
 
 
 @pytest.mark.parametrize("which", ["image", "mask"])
-@pytest.mark.parametrize(("damage", "said"), [("truncated", "truncated"), ("empty", "empty"), ("garbage", "unreadable")])
+@pytest.mark.parametrize(("damage", "said"), [("truncated", "truncated"), ("empty", "empty"),
+                                              ("garbage", "unreadable")])
 def test_unreadable_file_is_named(tmp_path, which, damage, said):
     image, mask = grey_pair(tmp_path, "p_1", shape=(32, 32))
     path = image if which == "image" else mask

@@ -275,7 +275,8 @@ def test_mask_without_image_is_named(sample_raw):
 def test_folder_without_cases_is_named(tmp_path):
     (tmp_path / "kaggle_3m").mkdir()
     (tmp_path / "kaggle_3m" / "README.md").write_text("# nothing", encoding="utf-8")
-    with pytest.raises(PipelineError, match=rf"^{re.escape(str(tmp_path))}: no kaggle_3m/<case>/<case>_<k>\.tif slices found"):
+    with pytest.raises(PipelineError,
+                       match=rf"^{re.escape(str(tmp_path))}: no kaggle_3m/<case>/<case>_<k>\.tif slices found"):
         lgg.list_cases(tmp_path, lgg_options())
 
 

@@ -50,7 +50,8 @@ def coordinates(shape=(4, 5, 6), offset: int = 0) -> np.ndarray:
     return (offset + 100 * i + 10 * j + k).astype(np.int16)
 
 
-def hand_built_case(root: Path, case_id: str = "BraTS20_Training_001", extension: str = ".nii.gz", shape=(4, 5, 6)) -> Path:
+def hand_built_case(root: Path, case_id: str = "BraTS20_Training_001", extension: str = ".nii.gz",
+                    shape=(4, 5, 6)) -> Path:
     """A case whose sequence c holds coordinates() + 1000 c and whose seg holds 0, 1, 2 and 4."""
     folder = root / "MICCAI_BraTS2020_TrainingData" / case_id
     for c, sequence in enumerate(SEQUENCES):
@@ -306,7 +307,8 @@ def four_dimensional(path: Path) -> None:
     ("BraTS20_Training_001_t2.nii.gz", gzipped_garbage, "truncated or corrupt"),
     ("BraTS20_Training_001_t1.nii.gz", nan_voxel, "NaN or infinite"),
     ("BraTS20_Training_001_t1ce.nii.gz", inf_voxel, "NaN or infinite"),
-    ("BraTS20_Training_001_t2.nii.gz", other_shape, r"\(4, 5, 7\) differs from BraTS20_Training_001_flair.nii.gz \(4, 5, 6\)"),
+    ("BraTS20_Training_001_t2.nii.gz", other_shape,
+     r"\(4, 5, 7\) differs from BraTS20_Training_001_flair.nii.gz \(4, 5, 6\)"),
     ("BraTS20_Training_001_seg.nii.gz", other_shape, r"\(4, 5, 7\) differs"),
     ("BraTS20_Training_001_seg.nii.gz", label_three, r"unexpected label value\(s\) \[3\].*data.brats2020_nifti.labels"),
     ("BraTS20_Training_001_flair.nii.gz", four_dimensional, "expected 3D"),

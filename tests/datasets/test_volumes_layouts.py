@@ -32,7 +32,8 @@ CUSTOM_FILES = {s: f"{{case}}_{s.upper()}.nii.gz" for s in NAMES["custom"]}
 
 def options(layout: str, **overrides) -> SimpleNamespace:
     values = dict(path="", layout=layout, case_pattern=r"patient\d+" if layout == "custom" else "",
-                  files=CUSTOM_FILES if layout == "custom" else {}, label_file="{case}_labels.nii.gz" if layout == "custom" else "",
+                  files=CUSTOM_FILES if layout == "custom" else {},
+                  label_file="{case}_labels.nii.gz" if layout == "custom" else "",
                   brain_mask_file="", sequences=NAMES[layout], input_channels=NAMES[layout][::-1],
                   labels=LABELS.get(layout, {"necrotic_core": 1, "edema": 2, "enhancing": 4}), axis="axial")
     return SimpleNamespace(**{**values, **overrides})
@@ -40,8 +41,8 @@ def options(layout: str, **overrides) -> SimpleNamespace:
 
 def write(root: Path, layout: str, cases: int = 3, seed: int = 5) -> Path:
     o = options(layout)
-    volumes_sample.write_sample(root, cases=cases, size=24, depth=6, sequences=o.sequences, labels=o.labels, seed=seed, layout=layout,
-                         files=o.files, label_file=o.label_file)
+    volumes_sample.write_sample(root, cases=cases, size=24, depth=6, sequences=o.sequences, labels=o.labels,
+                                seed=seed, layout=layout, files=o.files, label_file=o.label_file)
     return root
 
 
@@ -59,8 +60,10 @@ def read_all(root: Path, o) -> list:
 @pytest.mark.parametrize("layout, expected", [
     ("brats2021", ["BraTS2021_Training_Data/BraTS2021_00000/BraTS2021_00000_flair.nii.gz",
                    "BraTS2021_Training_Data/BraTS2021_00002/BraTS2021_00002_seg.nii.gz"]),
-    ("brats2023", ["ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz",
-                   "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00001-000/BraTS-GLI-00001-000-seg.nii.gz"]),
+    ("brats2023", ["ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00000-000/"
+                   "BraTS-GLI-00000-000-t2f.nii.gz",
+                   "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/BraTS-GLI-00001-000/"
+                   "BraTS-GLI-00001-000-seg.nii.gz"]),
     ("nnunet", ["nnUNet_raw/Dataset001_BrainTumour/imagesTr/BRATS_001_0000.nii.gz",
                 "nnUNet_raw/Dataset001_BrainTumour/imagesTr/BRATS_003_0003.nii.gz",
                 "nnUNet_raw/Dataset001_BrainTumour/labelsTr/BRATS_002.nii.gz",
@@ -81,7 +84,8 @@ def test_dataset_json_is_what_nnunet_and_the_decathlon_write(samples):
     assert nnunet["file_ending"] == ".nii.gz" and nnunet["numTraining"] == 3
     decathlon = json.loads((samples["decathlon"] / "Task01_BrainTumour/dataset.json").read_text())
     assert decathlon["modality"] == {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
-    assert decathlon["labels"]["4"] == "enhancing" and decathlon["training"][0]["image"] == "./imagesTr/BRATS_001.nii.gz"
+    assert decathlon["labels"]["4"] == "enhancing" \
+        and decathlon["training"][0]["image"] == "./imagesTr/BRATS_001.nii.gz"
     image = nib.load(samples["decathlon"] / "Task01_BrainTumour/imagesTr/BRATS_002.nii.gz")
     assert image.shape == (24, 24, 6, 4)
 
@@ -214,12 +218,14 @@ def damage_missing_label_map(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("layout, damage, message", [
-    ("brats2023", damage_missing_sequence, r"BraTS-GLI-00001-000-t1c\.nii or \.nii\.gz missing \(data\.nifti\.input_channels asks"),
+    ("brats2023", damage_missing_sequence,
+     r"BraTS-GLI-00001-000-t1c\.nii or \.nii\.gz missing \(data\.nifti\.input_channels asks"),
     ("nnunet", damage_other_shape, r"shape \(24, 24, 5\) differs from BRATS_002_0003\.nii\.gz \(24, 24, 6\)"),
     ("brats2021", damage_other_affine, r"affine \(voxel-to-world\) differs from BraTS2021_00001_t2\.nii\.gz's"),
     ("custom", damage_label_outside_map, r"unexpected label value\(s\) \[7\].*data\.nifti\.labels"),
     ("decathlon", damage_channel_count, r"shape \(24, 24, 6, 3\), expected 4D with 4 channels"),
-    ("nnunet", damage_missing_label_map, r"BRATS_002\.nii\.gz missing \(the label map of case BRATS_002\); cases without a label map"),
+    ("nnunet", damage_missing_label_map,
+     r"BRATS_002\.nii\.gz missing \(the label map of case BRATS_002\); cases without a label map"),
 ])
 def test_bad_input_is_one_line_naming_the_file(tmp_path, samples, layout, damage, message):
     root = tmp_path / layout
@@ -241,11 +247,14 @@ def test_affine_check_names_the_file_that_differs(tmp_path, samples):
 
 
 @pytest.mark.parametrize("layout, overrides, message", [
-    ("nnunet", {"sequences": ["FLAIR", "T2"], "input_channels": ["T2"]}, r"\['T2'\] not among .*dataset\.json's channel_names"),
+    ("nnunet", {"sequences": ["FLAIR", "T2"], "input_channels": ["T2"]},
+     r"\['T2'\] not among .*dataset\.json's channel_names"),
     ("decathlon", {"labels": {"tumor": 9}}, r"data\.nifti\.labels: values \[9\] are not classes of .*dataset\.json"),
-    ("brats2023", {"sequences": ["flair", "t1c"], "input_channels": ["t1c"]}, r"\['flair'\] are not brats2023 sequences"),
+    ("brats2023", {"sequences": ["flair", "t1c"], "input_channels": ["t1c"]},
+     r"\['flair'\] are not brats2023 sequences"),
     ("custom", {"files": {"flair": "{case}_FLAIR.nii.gz"}}, r"layout custom needs .* missing \['t1', 't1ce', 't2'\]"),
-    ("custom", {"label_file": ""}, r"data\.nifti\.label_file is empty: cases without a label map can only be predicted"),
+    ("custom", {"label_file": ""},
+     r"data\.nifti\.label_file is empty: cases without a label map can only be predicted"),
     ("brats2021", {"labels": {"tumor": [1, 300]}}, r"data\.nifti\.labels .*expected distinct label values"),
 ])
 def test_bad_params_name_the_param(samples, layout, overrides, message):
@@ -294,10 +303,11 @@ def test_prediction_groups_the_files_into_the_cases_the_reader_lists(samples, la
     grouped, problems = layouts.group_cases(files, spec)
     assert problems == []  # labelsTr/ holds no inputs; every case folder is complete
     assert {name: [tuple(c) for c in channels] for name, channels in grouped} == listed
+    # the model's first channel (T2: input_channels reversed)
     assert [Path(channels[0][0]).name for _, channels in grouped][:1] == [
         {"brats2020": "BraTS20_Training_001_t2.nii", "brats2021": "BraTS2021_00000_t2.nii.gz",
-         "brats2023": "BraTS-GLI-00000-000-t2w.nii.gz", "nnunet": "BRATS_001_0003.nii.gz", "decathlon": "BRATS_001.nii.gz",
-         "custom": "patient01_T2.nii.gz"}[layout]]  # the model's first channel (T2: input_channels reversed)
+         "brats2023": "BraTS-GLI-00000-000-t2w.nii.gz", "nnunet": "BRATS_001_0003.nii.gz",
+         "decathlon": "BRATS_001.nii.gz", "custom": "patient01_T2.nii.gz"}[layout]]
 
 
 def test_prediction_takes_a_case_files_from_its_own_folder_only(tmp_path, samples):
@@ -309,7 +319,8 @@ def test_prediction_takes_a_case_files_from_its_own_folder_only(tmp_path, sample
     spec = layouts.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
     cases, problems = layouts.group_cases(sorted(case.iterdir()) + sorted(broken.iterdir()), spec)
     assert [[path.parent for path, _ in channels] for _, channels in cases] == [[case] * 4]
-    assert problems == [f"{broken}: no {case.name}-t1n.nii or .nii.gz (the model expects sequences {NAMES['brats2023']})"]
+    assert problems == [f"{broken}: no {case.name}-t1n.nii or .nii.gz "
+                        f"(the model expects sequences {NAMES['brats2023']})"]
 
 
 def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
@@ -318,8 +329,8 @@ def test_prediction_reports_a_folder_without_cases(tmp_path, samples):
     shutil.copy(next(samples["brats2023"].rglob("BraTS-GLI-00000-000-seg.nii.gz")), folder / "other_name.nii.gz")
     spec = layouts.build_layout(samples["brats2023"], options("brats2023")).spec("axial", NAMES["brats2023"])
     cases, problems = layouts.group_cases(sorted(folder.iterdir()), spec)
-    assert cases == [] and problems == [f"{folder}: no NIfTI file named like {{case}}-t2f.nii (the model was trained on "
-                                        f"layout brats2023, sequences {NAMES['brats2023']})"]
+    assert cases == [] and problems == [f"{folder}: no NIfTI file named like {{case}}-t2f.nii (the model was "
+                                        f"trained on layout brats2023, sequences {NAMES['brats2023']})"]
 
 
 # --- every bad input in every layout ------------------------------------------------------------
@@ -380,5 +391,6 @@ def test_every_layout_names_the_file_of_each_bad_input(tmp_path, samples, layout
     with pytest.raises(PipelineError, match=message) as error:
         read_all(root, o)
     shown = str(error.value)
-    assert shown.startswith(f"{target}:") or shown.startswith(str(target).split(".nii")[0] + ".nii")  # "...nii or .nii.gz"
+    # "...nii or .nii.gz"
+    assert shown.startswith(f"{target}:") or shown.startswith(str(target).split(".nii")[0] + ".nii")
     assert "\n" not in shown

@@ -45,7 +45,8 @@ def set_archive(project: Path, archive: Path) -> None:
 
 
 @pytest.mark.parametrize("form", ["folder", "zip", "kaggle_3m"])  # kaggle_3m: the folder a user sees after unzipping
-def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(lgg_project, realdata_lgg, tmp_path, form):
+def test_real_lgg_excerpt_from_a_local_archive_gives_the_same_slices_either_way(lgg_project, realdata_lgg, tmp_path,
+                                                                                form):
     # the excerpt's patient three times over (the split needs three), under the archive's own names
     tree = tmp_path / "lgg"
     shutil.copytree(realdata_lgg, tree)

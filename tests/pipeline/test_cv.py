@@ -61,14 +61,16 @@ def test_the_ensemble_file_averages_the_fold_probabilities(project):
         members = [load_model_file(project / f"models/tumor_coco/unet/cv/fold{k}/model.pt")[0] for k in range(3)]
         expected = torch.stack([torch.sigmoid(m(images)) for m in members]).mean(dim=0)
         assert torch.allclose(torch.sigmoid(ensemble(images)), expected, atol=1e-5)
-    thresholds = [load_model_file(project / f"models/tumor_coco/unet/cv/fold{k}/model.pt")[1]["threshold"] for k in range(3)]
+    thresholds = [load_model_file(project / f"models/tumor_coco/unet/cv/fold{k}/model.pt")[1]["threshold"]
+                  for k in range(3)]
     assert content["threshold"] == pytest.approx(np.mean(thresholds))
 
 
 def test_bts_predict_uses_the_ensemble(project, tmp_path):
     image = sorted((project / "data/raw/tumor_coco/test").glob("*.jpg"))[0]
-    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/ensemble.pt", str(image), "--out", str(tmp_path))
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/ensemble.pt", str(image), "--out",
+                 str(tmp_path))
     assert result.returncode == 0, result.stderr
     summary = json.loads(next(tmp_path.rglob("*_summary.json")).read_text())
-    assert summary["model"]["best_epoch"] == [load_model_file(project / f"models/tumor_coco/unet/cv/fold{k}/model.pt")[1][
-        "best_epoch"] for k in range(3)]
+    assert summary["model"]["best_epoch"] == [
+        load_model_file(project / f"models/tumor_coco/unet/cv/fold{k}/model.pt")[1]["best_epoch"] for k in range(3)]

@@ -27,7 +27,8 @@ def sh(project: Path, *args: str, check: bool = True, env_extra: dict | None = N
     command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else list(args)
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
     return result
 
 
@@ -67,20 +68,24 @@ def test_repro_writes_metrics_for_every_dataset_and_model(project):
             assert shown["per_case"]["dice"] == metrics["per_case"]["dice"]
             for group in ("per_case", "per_slice", "pooled"):
                 assert {"dice", "iou", "precision", "recall", "specificity"} <= set(metrics[group])
-                assert all(0.0 <= metrics[group][m] <= 1.0 for m in ("dice", "iou", "precision", "recall", "specificity"))
+                assert all(0.0 <= metrics[group][m] <= 1.0
+                           for m in ("dice", "iou", "precision", "recall", "specificity"))
             assert (project / "reports" / dataset / model / "worst_cases.png").stat().st_size > 10_000
             assert {"specificity", "hd95_px"} <= set(metrics["per_case"]) and metrics["hd95_unit"] == "px"
             assert set(metrics["dice_conventions"]) == {"ours", "nnunet", "brats_legacy", "monai_ignore_empty"}
-            assert metrics["threshold_from"] == "validation" and metrics["threshold"] in tiny_params()["evaluate"]["threshold_grid"]
+            assert metrics["threshold_from"] == "validation" \
+                and metrics["threshold"] in tiny_params()["evaluate"]["threshold_grid"]
             assert "none" in metrics["size_buckets"]
             for name in ("missed_tumors.png", "false_alarms.png", "best_cases.png", "analysis.png",
                          "dice_vs_size.csv", "case_dice.csv", "pr_curve.csv", "evaluation/per_case.csv"):
                 assert (project / "reports" / dataset / model / name).is_file(), name
     # the summary: each pair's per-case Dice, read back from its own file (not recomputed)
     summary = json.loads((project / "dice.json").read_text())
-    assert summary == {dataset: {model: json.loads((project / "metrics" / dataset / f"{model}.json").read_text())["per_case"]["dice"]
+    assert summary == {dataset: {model: json.loads((project / "metrics" / dataset / f"{model}.json")
+                                                   .read_text())["per_case"]["dice"]
                                  for model in ("unet", "resunet")} for dataset in ("brats2020", "tumor_coco")}
-    assert "up to date" in sh(project, "dvc", "status").stdout.lower() or sh(project, "dvc", "status").stdout.strip() == ""
+    assert "up to date" in sh(project, "dvc", "status").stdout.lower() \
+        or sh(project, "dvc", "status").stdout.strip() == ""
 
 
 def test_plots_show_renders_one_html_page(project, tmp_path):
@@ -109,12 +114,14 @@ def test_every_chart_renders_headless_with_readable_labels(project, tmp_path):
     for dataset in ("brats2020", "tumor_coco"):
         for model in ("unet", "resunet"):
             live = project / "dvclive" / dataset / model
-            rates = [float(line.split("\t")[1]) for line in (live / "plots/metrics/learning_rate.tsv").read_text().splitlines()[1:]]
+            rates = [float(line.split("\t")[1])
+                     for line in (live / "plots/metrics/learning_rate.tsv").read_text().splitlines()[1:]]
             labels = charts[f"dvclive_{dataset}_{model}_plots_metrics_learning_rate_tsv"]["y_labels"]
             assert labels and all(float(label) > 0 for label in labels), labels  # a rate of 0.002 is not labelled "0"
             assert min(float(label) for label in labels) <= max(rates)
             loss = charts[f"dvclive_{dataset}_{model}_loss_csv"]
-            assert loss["legend"] == ["train", "validation"] and len(loss["y_labels"]) >= 3, loss  # one chart, two curves
+            # one chart, two curves
+            assert loss["legend"] == ["train", "validation"] and len(loss["y_labels"]) >= 3, loss
 
 
 def test_exp_run_with_set_param_changes_metrics_shown_by_metrics_diff(project):
@@ -139,7 +146,8 @@ def test_a_recipe_runs_as_one_experiment_that_exp_show_records(project):
         "train.epochs": 2, "data.datasets": ["tumor_coco"], "train.augment.hflip": 0.0}}))
     sh(project, sys.executable, "-m", "btseg.recipes", "tiny", "-S", "train.batch_size=4")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert params["recipe"] == "tiny" and params["train"]["epochs"] == 2 and params["data"]["datasets"] == ["tumor_coco"]
+    assert params["recipe"] == "tiny" and params["train"]["epochs"] == 2 \
+        and params["data"]["datasets"] == ["tumor_coco"]
     assert params["train"]["batch_size"] == 4  # a further -S after the recipe's wins
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
     assert '"recipe": "tiny"' in json.dumps(shown)
@@ -207,7 +215,8 @@ def test_queued_sweep_of_two_variants_runs_and_shows_both(project):
         values = " ".join(f"{row[d][m]:.5g}" for d, m in pairs)
         assert any(values in line for line in printed), (values, table)
     # and the README's narrower table: the Dice and the params that changed
-    table = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", "metrics/.*", "--no-pager", env_extra=env).stdout
+    table = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", "metrics/.*", "--no-pager",
+               env_extra=env).stdout
     lines = table.splitlines()
     header = next(line for line in lines if "Experiment" in line).split()
     assert max(len(line) for line in lines) <= 200 and {"train.epochs", "data.sample.seed"} <= set(header), table
@@ -228,5 +237,6 @@ def test_second_machine_pulls_from_a_remote_and_has_nothing_to_rerun(project, tm
     assert "up to date" in status.lower(), status
     repro = sh(clone, "dvc", "repro").stdout
     assert "Running stage" not in repro, repro
-    for path in ("metrics/brats2020/unet.json", "models/tumor_coco/resunet/model.pt", "data/slices/brats2020/train/images.npy"):
+    for path in ("metrics/brats2020/unet.json", "models/tumor_coco/resunet/model.pt",
+                 "data/slices/brats2020/train/images.npy"):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path

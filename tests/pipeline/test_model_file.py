@@ -51,7 +51,8 @@ def test_every_reader_gets_the_same_network_and_decisions(project, tmp_path):
     params = load_params(project / "params.yaml")
     sizes = component_sizes(params.evaluate, load_split(project / "data/slices/tumor_coco", "train"))
     threshold, rule = decide_on_validation(network, val, params.evaluate, sizes, torch.device("cpu"), params.train)
-    assert (contents["threshold"], contents["postprocess"], contents["min_component_voxels"]) == (threshold, rule, sizes)
+    assert (contents["threshold"], contents["postprocess"], contents["min_component_voxels"]) \
+        == (threshold, rule, sizes)
     assert (predictor.threshold, predictor.postprocess) == (threshold, rule)
     # evaluate scores at the model file's decisions, and says so
     settings = json.loads((project / "reports/tumor_coco/unet/evaluation/settings.json").read_text())

@@ -45,7 +45,8 @@ def project(tmp_path_factory) -> Path:
 
 def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
     case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
-    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out", str(tmp_path))
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out",
+                 str(tmp_path))
     assert result.returncode == 0, result.stderr
     flair = nib.load(str(next(case.glob("*_flair.nii*"))))
     mask = nib.load(str(tmp_path / "BraTS20_Training_001_mask.nii.gz"))
@@ -95,7 +96,8 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
     rule = "keep_largest" if contents["postprocess"] != "keep_largest" else "none"
     contents.update(threshold=other, postprocess=rule, min_component_voxels=[3])
     torch.save(contents, tmp_path / "model.pt")
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--model-file", str(tmp_path / "model.pt"),
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"),
+                             "--model-file", str(tmp_path / "model.pt"),
                              "--slices", "data/slices/brats2020", "--metrics", str(tmp_path / "metrics.json"),
                              "--evaluation", str(tmp_path / "evaluation")], cwd=project, capture_output=True, text=True,
                             env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
@@ -143,7 +145,8 @@ def test_the_model_file_keeps_only_sizes_that_delete_no_training_tumor(project):
 
 def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
     images = realdata_coco / "test"
-    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(images), "--out", str(tmp_path))
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", str(images), "--out",
+                 str(tmp_path))
     assert result.returncode == 0, result.stderr
     for source in images.glob("*.jpg"):
         mask = cv2.imread(str(tmp_path / f"{source.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
@@ -161,8 +164,10 @@ def test_a_jpeg_cut_in_half_is_one_error_and_the_other_images_are_predicted(proj
                  "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {cut}: image file ends before its last byte of image data; it is truncated, check the file"]
-    assert (tmp_path / "out" / f"{images[1].stem}_mask.png").is_file() and not (tmp_path / "out" / "cut_mask.png").exists()
+    assert errors == [f"error: {cut}: image file ends before its last byte of image data; it is truncated, "
+                      "check the file"]
+    assert (tmp_path / "out" / f"{images[1].stem}_mask.png").is_file() \
+        and not (tmp_path / "out" / "cut_mask.png").exists()
 
 
 def test_bad_inputs_are_reported_in_one_line_each_and_the_rest_still_run(project, tmp_path):
@@ -174,12 +179,13 @@ def test_bad_inputs_are_reported_in_one_line_each_and_the_rest_still_run(project
             (broken / path.name).write_bytes(path.read_bytes())
     png = tmp_path / "slice.png"
     cv2.imwrite(str(png), np.zeros((64, 64), np.uint8))
-    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), str(broken), str(png),
-                 "--out", str(tmp_path / "out"))
+    result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), str(broken),
+                 str(png), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2, result.stderr
-    assert any("broken_case: no BraTS20_Training_002_t1ce.nii or .nii.gz (the model expects sequences" in e for e in errors)
+    assert any("broken_case: no BraTS20_Training_002_t1ce.nii or .nii.gz (the model expects sequences" in e
+               for e in errors)
     assert any("slice.png: a 2D image, but the model expects 4 MRI sequences" in e for e in errors)
     assert (tmp_path / "out" / "BraTS20_Training_002_mask.nii.gz").is_file()
 
@@ -188,7 +194,8 @@ def test_model_file_of_another_format_version_is_refused(project, tmp_path):
     checkpoint = torch.load(project / "models/tumor_coco/unet/model.pt", weights_only=True)
     checkpoint["format_version"] = 1
     torch.save(checkpoint, tmp_path / "old.pt")
-    result = run(project, "btseg.inference.predict", str(tmp_path / "old.pt"), str(tmp_path), "--out", str(tmp_path / "out"))
+    result = run(project, "btseg.inference.predict", str(tmp_path / "old.pt"), str(tmp_path), "--out",
+                 str(tmp_path / "out"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'old.pt'}: model file format 1, this version reads 2; retrain it with `dvc repro`"]
@@ -207,7 +214,8 @@ def test_exported_program_runs_without_this_package_and_matches(project, tmp_pat
     code = ("import sys; sys.modules['btseg'] = None; import torch; p = torch.export.load('unet.pt2'); "
             "torch.save(p.module()(torch.load('x.pt')), 'y.pt')")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    check = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    check = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
     assert check.returncode == 0, check.stderr
     model, _ = load_model_file(project / "models/brats2020/unet/model.pt")
     with torch.no_grad():
@@ -215,7 +223,8 @@ def test_exported_program_runs_without_this_package_and_matches(project, tmp_pat
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the_files(project, tmp_path, realdata_coco):
+def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the_files(project, tmp_path,
+                                                                                       realdata_coco):
     image = sorted((realdata_coco / "test").glob("*.jpg"))[0]
     for folder in ("a", "b"):
         (tmp_path / "in" / folder).mkdir(parents=True)
@@ -232,7 +241,8 @@ def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the
     assert summary["warning"].startswith("the model was trained on the synthetic sample")
     assert not list((tmp_path / "out").rglob("*.partial-*"))
     volume = sorted((project / "data/raw/brats2020").rglob("volume_1_slice_*.h5"))
-    result = run(project, "btseg.inference.predict", "models/brats2020/unet/model.pt", *map(str, volume), "--out", str(tmp_path / "h5"))
+    result = run(project, "btseg.inference.predict", "models/brats2020/unet/model.pt", *map(str, volume), "--out",
+                 str(tmp_path / "h5"))
     assert result.returncode == 0, result.stderr
     numbers = {int(p.stem.rsplit("_", 1)[1]) for p in volume}
     found = json.loads((tmp_path / "h5/volume_1_summary.json").read_text())["slices_with_tumor"]
@@ -242,16 +252,20 @@ def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the
 def test_model_output_and_device_errors_are_in_our_words(project, tmp_path, realdata_coco):
     image = str(sorted((realdata_coco / "test").glob("*.jpg"))[0])
     cases = [
-        (["checkpoints/tumor_coco/unet/checkpoint.pt", image], "a training checkpoint (checkpoint.pt), not a model file"),
+        (["checkpoints/tumor_coco/unet/checkpoint.pt", image],
+         "a training checkpoint (checkpoint.pt), not a model file"),
         (["params.yaml", image], "not a model file of this pipeline"),
         (["models/tumor_coco/unet/model.pt", image, "--out", "params.yaml"], "--out params.yaml: is a file"),
-        (["models/tumor_coco/unet/model.pt", str(sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0])],
+        (["models/tumor_coco/unet/model.pt",
+          str(sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0])],
          "NIfTI volumes, but the model was trained on 2D images (tumor_coco)"),
     ]
     if not torch.cuda.is_available():
-        cases.append((["models/tumor_coco/unet/model.pt", image, "--device", "cuda"], "--device: 'cuda' asks for a GPU"))
+        cases.append((["models/tumor_coco/unet/model.pt", image, "--device", "cuda"],
+                      "--device: 'cuda' asks for a GPU"))
     for args, message in cases:
-        result = run(project, "btseg.inference.predict", *args, *(["--out", str(tmp_path / "o")] if "--out" not in args else []))
+        result = run(project, "btseg.inference.predict", *args,
+                     *(["--out", str(tmp_path / "o")] if "--out" not in args else []))
         assert result.returncode == 1, (args, result.stderr)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and message in errors[0], (args, result.stderr)
@@ -262,7 +276,8 @@ def test_an_unwritable_output_is_one_error_and_the_other_inputs_still_run(projec
     images = sorted((realdata_coco / "test").glob("*.jpg"))[:2]
     out = tmp_path / "out"
     (out / f"{images[0].stem}_mask.png").mkdir(parents=True)  # a folder where a mask should go
-    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", *map(str, images), "--out", str(out))
+    result = run(project, "btseg.inference.predict", "models/tumor_coco/unet/model.pt", *map(str, images), "--out",
+                 str(out))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "cannot write" in errors[0] and images[0].stem in errors[0], result.stderr

@@ -84,7 +84,8 @@ def test_nnunet_folder_of_many_cases_gets_one_mask_each_in_the_input_orientation
 def test_decathlon_4d_images_are_predicted_with_3d_masks(projects, tmp_path):
     project = projects["decathlon"]
     images = next(project.glob("data/raw/nifti/**/imagesTr"))
-    result = predict(project, str(images / "BRATS_002.nii.gz"), str(images / "BRATS_005.nii.gz"), "--out", str(tmp_path))
+    result = predict(project, str(images / "BRATS_002.nii.gz"), str(images / "BRATS_005.nii.gz"), "--out",
+                     str(tmp_path))
     assert result.returncode == 0, result.stderr
     for name in ("BRATS_002", "BRATS_005"):
         mask = nib.load(tmp_path / f"{name}_mask.nii.gz")
@@ -100,6 +101,8 @@ def test_brats2023_case_missing_a_sequence_is_one_line_and_others_still_run(proj
     result = predict(project, str(cases[0]), str(broken), "--out", str(tmp_path / "out"))
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {broken}: no {cases[1].name}-t2w.nii or .nii.gz (the model expects sequences {INPUTS['brats2023']})"]
+    assert errors == [f"error: {broken}: no {cases[1].name}-t2w.nii or .nii.gz "
+                      f"(the model expects sequences {INPUTS['brats2023']})"]
     summary = json.loads((tmp_path / "out" / f"{cases[0].name}_summary.json").read_text())
-    assert summary["input"] == [str(cases[0] / f"{cases[0].name}-{s}.nii.gz") for s in INPUTS["brats2023"]]  # the model's order
+    # the model's order
+    assert summary["input"] == [str(cases[0] / f"{cases[0].name}-{s}.nii.gz") for s in INPUTS["brats2023"]]

@@ -30,7 +30,8 @@ def test_corrupt_h5_stops_preprocess_naming_the_file_and_leaves_no_slices(projec
     result = run(project, "stages.preprocess", "--dataset", "brats2020")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {broken.relative_to(project)}: unreadable HDF5"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {broken.relative_to(project)}: unreadable HDF5"), \
+        result.stderr
     slices = project / "data" / "slices"
     assert not (slices / "brats2020").exists() and not list(slices.glob("*.partial-*"))
 
@@ -81,7 +82,8 @@ def test_every_dataset_goes_from_its_sample_to_checked_slices(project, params_di
         assert result.returncode == 0, result.stderr
     splits = {s: load_split(project / "data" / "slices" / dataset, s) for s in ("train", "val", "test")}
     cases = {s: set(split.index.case_id) for s, split in splits.items()}
-    assert all(cases.values()) and not (cases["train"] & cases["val"] or cases["train"] & cases["test"] or cases["val"] & cases["test"])
+    assert all(cases.values()) \
+        and not (cases["train"] & cases["val"] or cases["train"] & cases["test"] or cases["val"] & cases["test"])
     total = sum(len(split.images) for split in splits.values())
     tumor = sum(int((split.index.tumor_pixels > 0).sum()) for split in splits.values())
     assert 0 < tumor < total  # tumor and tumor-free slices both present
@@ -119,7 +121,8 @@ def test_bad_file_is_skipped_and_counted_with_on_bad_file_skip(project, params_d
     assert broken.name in result.stderr  # logged
     metas = [load_split(project / "data" / "slices" / "brats2020", s).meta for s in ("train", "val", "test")]
     assert all(m["bad_files"]["skipped"] == 1 and broken.name in m["bad_files"]["files"][0]["reason"] for m in metas)
-    cases = set().union(*(set(load_split(project / "data" / "slices" / "brats2020", s).index.case_id) for s in ("train", "val", "test")))
+    cases = set().union(*(set(load_split(project / "data" / "slices" / "brats2020", s).index.case_id)
+                          for s in ("train", "val", "test")))
     assert "volume_1" not in cases and len(cases) == params_dict["data"]["sample"]["brats2020"]["cases"] - 1
 
 

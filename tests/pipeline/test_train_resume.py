@@ -70,7 +70,8 @@ def test_killed_training_resumes_to_the_same_weights_and_log(projects):
         assert torch.equal(tensor, b["state_dict"][name]), name
     log_a = (uninterrupted / "dvclive/tumor_coco/unet/plots/metrics/val_case_dice.tsv").read_text().splitlines()
     log_b = (killed / "dvclive/tumor_coco/unet/plots/metrics/val_case_dice.tsv").read_text().splitlines()
-    assert log_b[-1] == log_a[-1] and log_a[-1].startswith("39\t")  # the resumed log ends where the uninterrupted one does
+    # the resumed log ends where the uninterrupted one does
+    assert log_b[-1] == log_a[-1] and log_a[-1].startswith("39\t")
     loss_a = (uninterrupted / "dvclive/tumor_coco/unet/loss.csv").read_text().splitlines()
     loss_b = (killed / "dvclive/tumor_coco/unet/loss.csv").read_text().splitlines()
     assert len(loss_b) == len(loss_a) == 1 + 2 * 40 and loss_b[-2:] == loss_a[-2:]  # no epoch twice, none missing
@@ -93,7 +94,8 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
     match = re.fullmatch(r"error: loss became nan at epoch (\d+), batch (\d+); the last good epoch is kept in "
-                         r"checkpoints/tumor_coco/unet/checkpoint.pt; lower train.learning_rate or set train.grad_clip", line)
+                         r"checkpoints/tumor_coco/unet/checkpoint.pt; lower train.learning_rate or set train.grad_clip",
+                         line)
     assert match, line
     checkpoint = project / "checkpoints/tumor_coco/unet/checkpoint.pt"
     epoch = int(match[1])
