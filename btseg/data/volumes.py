@@ -37,8 +37,9 @@ def list_cases(root: Path, options) -> list[CaseRef]:
     layout = build_layout(root, options)
     found = case_locations(layout, options)
     if not found:
-        what = (f"a {layout.name} dataset, as {layout.param}.layout says" if not layout.param.endswith("brats2020_nifti")
-                else "a BraTS 2020 NIfTI download (MICCAI_BraTS2020_TrainingData)")
+        preset = layout.param.endswith("brats2020_nifti")
+        what = ("a BraTS 2020 NIfTI download (MICCAI_BraTS2020_TrainingData)" if preset
+                else f"a {layout.name} dataset, as {layout.param}.layout says")
         raise PipelineError(f"{root}: {where_none_were_found(layout)}; is this {what}? re-run the download stage")
     cases = []
     for case_id, folder in found:
