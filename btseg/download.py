@@ -18,8 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from btseg.config import Params
-from btseg.data import folder, kaggle, lgg, sample, volumes_sample
-from btseg.data.registry import OWN_FOLDER_DATASETS
+from btseg.data import kaggle
+from btseg.data.registry import DATASETS, OWN_FOLDER_DATASETS
 from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir
 
@@ -64,29 +64,10 @@ def fetch_dataset(dataset: str, destination: Path, params: Params) -> None:
 
 
 def write_sample(dataset: str, root: Path, params: Params) -> None:
-    """Write the synthetic form of `dataset` into the empty folder `root`, sized by params data.sample."""
-    data, sizes, seed = params.data, getattr(params.data.sample, dataset), params.data.sample.seed
-    if dataset == "brats2020":
-        sample.write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
-                              image_channels=data.brats2020.image_channels, mask_channels=data.brats2020.mask_channels,
-                              seed=seed)
-    elif dataset == "tumor_coco":
-        sample.write_tumor_coco(root, images_per_split=sizes, seed=seed)
-    elif dataset == "brats2020_nifti":
-        options = data.brats2020_nifti
-        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
-                                    sequences=options.sequences, labels=options.labels, seed=seed)
-    elif dataset == "nifti":
-        options = data.nifti
-        volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
-                                    sequences=options.sequences, labels=options.labels, seed=seed,
-                                    layout=options.layout, files=options.files, label_file=options.label_file)
-    elif dataset == "lgg":
-        lgg.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-    elif dataset == "folder":
-        folder.write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-    else:
-        raise ValueError(f"no sample generator for dataset '{dataset}'")
+    """Write the synthetic form of `dataset` into the empty folder `root`, sized by params data.sample
+    (the dataset entry's own writer, btseg.data.entry)."""
+    data = params.data
+    DATASETS[dataset].write_sample(root, getattr(data, dataset), getattr(data.sample, dataset), data.sample.seed)
 
 
 def unpack_archive(archive: Path, destination: Path, param: str) -> None:

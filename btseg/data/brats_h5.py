@@ -14,7 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from btseg.data import sample
 from btseg.data.base import Case, CaseRef
+from btseg.data.entry import Dataset, Names, SampleSizes, Section
 from btseg.errors import PipelineError, one_line
 
 DATA_DIR = Path("BraTS2020_training_data/content/data")
@@ -110,3 +112,21 @@ def read_case(case: CaseRef, options) -> Case:
     return Case(case.case_id, np.stack(images), (np.stack(masks) > 0).astype(np.uint8),
                 tuple(options.input_channels), tuple(options.mask_channels),
                 np.asarray(case.extra["slices"]), tuple(str(p.relative_to(case.root)) for p in case.files))
+
+
+class BratsH5Params(Section):
+    kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
+    image_channels: Names  # as stored in the .h5 files, in order
+    mask_channels: Names  # sub-regions as stored, in order
+    input_channels: Names  # subset/order fed to the model
+
+
+def _write_sample(root: Path, options: BratsH5Params, sizes: SampleSizes, seed: int) -> None:
+    sample.write_brats_h5(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size,
+                          image_channels=options.image_channels, mask_channels=options.mask_channels, seed=seed)
+
+
+DATASETS = (Dataset("brats2020", BratsH5Params, SampleSizes, list_cases, read_case, _write_sample,
+                    channels=lambda o: list(o.image_channels), input_channels=lambda o: list(o.input_channels),
+                    sub_regions=lambda o: list(o.mask_channels), files="h5"),)

@@ -11,12 +11,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from matplotlib.path import Path as MplPath
 
+from btseg.data import sample
 from btseg.data.base import Case, CaseRef
+from btseg.data.entry import Dataset, PositiveInt, Section
 from btseg.data.images import decode
 from btseg.errors import PipelineError
 
@@ -133,3 +136,21 @@ def rasterize(polygons: tuple[tuple[float, ...], ...], height: int, width: int) 
         inside = MplPath(vertices).contains_points(centres).reshape(yy.shape)
         mask[y0:y1, x0:x1] |= inside
     return mask.astype(np.uint8)
+
+
+class TumorCocoParams(Section):
+    kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
+
+
+CocoSampleSizes = dict[Literal["train", "valid", "test"], PositiveInt]  # data.sample.tumor_coco: images per split
+
+
+def _write_sample(root: Path, options: TumorCocoParams, sizes: dict, seed: int) -> None:
+    sample.write_tumor_coco(root, images_per_split=sizes, seed=seed)
+
+
+# grey images stored as RGB, read as one channel; every annotation is tumor
+DATASETS = (Dataset("tumor_coco", TumorCocoParams, CocoSampleSizes, list_cases, read_case, _write_sample,
+                    channels=lambda o: ["grey"], input_channels=lambda o: ["grey"], sub_regions=lambda o: ["tumor"],
+                    files="images"),)

@@ -29,6 +29,7 @@ import numpy as np
 
 from btseg.data import phantom
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section
 from btseg.data.images import decode
 from btseg.errors import PipelineError
 
@@ -273,3 +274,22 @@ def _read_mask(path: Path) -> np.ndarray:
 
 def _hw(shape: tuple[int, ...]) -> str:
     return f"{shape[0]}x{shape[1]} (HxW)"
+
+
+class FolderParams(Section):
+    path: str  # the user's folder, used when data.source is not sample
+    images: str
+    masks: str
+    case_pattern: str
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+def _write_sample(root: Path, options: FolderParams, sizes: SampleSizes, seed: int) -> None:
+    write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+
+
+DATASETS = (Dataset("folder", FolderParams, SampleSizes, list_cases, read_case, _write_sample,
+                    channels=lambda o: list(o.channels), input_channels=lambda o: list(o.input_channels),
+                    sub_regions=lambda o: list(o.labels), files="images", own_folder=True),)

@@ -27,6 +27,7 @@ import numpy as np
 
 from btseg.data import phantom
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section
 from btseg.data.images import decode
 from btseg.errors import PipelineError
 
@@ -253,3 +254,20 @@ def _clinical_row(rng: np.random.Generator, case_name: str) -> list:
                 int(rng.integers(1, 3)), int(rng.integers(20, 76)), int(rng.integers(1, 4))]
     ethnicity = "" if rng.random() < 0.3 else int(rng.integers(1, 3))
     return [patient, *clusters, *clinical, ethnicity, int(rng.integers(0, 2))]
+
+
+class LggParams(Section):
+    kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
+    channels: Names
+    input_channels: Names
+    labels: LabelValues
+
+
+def _write_sample(root: Path, options: LggParams, sizes: SampleSizes, seed: int) -> None:
+    write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+
+
+DATASETS = (Dataset("lgg", LggParams, SampleSizes, list_cases, read_case, _write_sample,
+                    channels=lambda o: list(o.channels), input_channels=lambda o: list(o.input_channels),
+                    sub_regions=lambda o: list(o.labels), files="images"),)

@@ -7,11 +7,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from btseg.data import volumes_sample
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.entry import Dataset, LabelMap, LabelValues, Names, SampleSizes, Section
 from btseg.data.layouts import (
+    LAYOUTS,
     build_layout,
     case_locations,
     label_file_of,
@@ -143,3 +147,57 @@ def _in_plane(shape: tuple, axis: int) -> tuple[int, int]:
 def _plain(values: np.ndarray) -> list:
     """Seg values for a message: ints where they are whole numbers (segs are sometimes stored as float)."""
     return [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
+
+
+class BratsNiftiParams(Section):
+    kaggle_handle: str
+    archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
+    sequences: Names
+    input_channels: Names
+    labels: LabelValues
+    axis: Literal["axial", "coronal", "sagittal"]
+
+
+class NiftiParams(Section):
+    path: str  # the user's dataset folder, used when data.source is not sample
+    layout: Literal[LAYOUTS]
+    case_pattern: str  # custom: regex of the case folders' names
+    files: dict[str, str]  # custom: sequence -> file template relative to the case folder ({case} = its name)
+    label_file: str  # custom: the label map's template ("" = none: prediction only)
+    brain_mask_file: str  # optional brain mask template ("" = none)
+    sequences: Names
+    input_channels: Names
+    labels: LabelMap
+    axis: Literal["axial", "coronal", "sagittal"]
+
+
+def _write_brats2020_sample(root: Path, options: BratsNiftiParams, sizes: SampleSizes, seed: int) -> None:
+    volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                                sequences=options.sequences, labels=options.labels, seed=seed)
+
+
+def _write_sample(root: Path, options: NiftiParams, sizes: SampleSizes, seed: int) -> None:
+    volumes_sample.write_sample(root, cases=sizes.cases, size=sizes.size, depth=sizes.slices_per_case,
+                                sequences=options.sequences, labels=options.labels, seed=seed,
+                                layout=options.layout, files=options.files, label_file=options.label_file)
+
+
+def _channels(options) -> list[str]:
+    return list(options.sequences)
+
+
+def _input_channels(options) -> list[str]:
+    return list(options.input_channels)
+
+
+def _sub_regions(options) -> list[str]:
+    return list(options.labels)
+
+
+# BraTS 2020 as published (the brats2020 layout), and the user's own NIfTI dataset in any layout
+DATASETS = (
+    Dataset("brats2020_nifti", BratsNiftiParams, SampleSizes, list_cases, read_case, _write_brats2020_sample,
+            _channels, _input_channels, _sub_regions, files="volumes"),
+    Dataset("nifti", NiftiParams, SampleSizes, list_cases, read_case, _write_sample, _channels, _input_channels,
+            _sub_regions, files="volumes", own_folder=True),
+)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from btseg.config import Params, PreprocessParams, available_channels, targets
 from btseg.data import layouts
 from btseg.data.base import CaseRef
-from btseg.data.registry import OWN_FOLDER_DATASETS, VOLUME_DATASETS, reader
+from btseg.data.registry import DATASETS, OWN_FOLDER_DATASETS, VOLUME_DATASETS
 from btseg.errors import PipelineError
 from btseg.preprocessing.image import Settings, build_target, fit_to_size, prepare_image, select_slices, split_cases
 from btseg.preprocessing.quality import suspect_reasons
@@ -70,7 +70,7 @@ def prepare_case(job: Job) -> Prepared:
     """Read one case and turn it into model input (runs in a worker process)."""
     p = job.preprocess
     try:
-        case = reader(job.dataset).read_case(job.case, job.options)
+        case = DATASETS[job.dataset].read_case(job.case, job.options)
     except PipelineError as error:
         if p.on_bad_file == "skip":
             return Prepared(job.case, skipped=str(error))
@@ -99,8 +99,9 @@ def preprocess_dataset(dataset: str, raw: Path, out: Path, params: Params) -> di
     p = params.preprocess
     options = getattr(params.data, dataset)
     outputs = targets(params, dataset)
-    cases = reader(dataset).list_cases(raw, options)
-    channels = ["grey"] if dataset == "tumor_coco" else list(options.input_channels)
+    entry = DATASETS[dataset]
+    cases = entry.list_cases(raw, options)
+    channels = entry.input_channels(options)
     source_channels = available_channels(params)[dataset]  # channel order of the files, for prediction
     workers = p.workers or os.cpu_count() or 1
     jobs = [Job(dataset, case, options, p, outputs) for case in cases]
