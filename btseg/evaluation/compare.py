@@ -24,7 +24,7 @@ import pandas as pd
 from btseg.errors import PipelineError, one_line, run_stage
 from btseg.scoring.statistics import paired_difference
 
-# which way a per_case.csv column (btseg.evaluation.metrics) gets better; columns not named here
+# which way a per_case.csv column (btseg.scoring.metrics) gets better; columns not named here
 # (pixels, slices) describe the data, not the model, and have no better direction
 BETTER_WHEN = {**dict.fromkeys(("dice", "iou", "precision", "recall", "specificity", "tp", "tn"), "higher"),
                **dict.fromkeys(("hd95_px", "fp", "fn"), "lower"),

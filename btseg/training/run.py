@@ -3,8 +3,9 @@
 `train_model` reads top to bottom as the steps of a run: relaunch under torchrun when
 train.nproc > 1, join the job, load the slices, pick the device, build the model, open the
 dvclive log, fit (resuming a matching checkpoint), choose the decision threshold on validation,
-write the model file. The checkpoint beside the model file is updated every epoch, so a killed run
-resumes; it is resumed only for the same settings, data files and training code (`code_files`).
+write the model file. The checkpoint (checkpoints/<dataset>/<model>/, outside DVC's outs) is updated
+every epoch, so a killed run resumes; it is resumed only for the same settings, training data
+(`data_fingerprint`) and training code (`code_files`).
 """
 
 from __future__ import annotations
