@@ -153,20 +153,23 @@ def test_loss_log_has_one_row_per_split_and_epoch_and_a_redone_epoch_replaces_it
     assert not list(tmp_path.glob("*partial*"))
 
 
-def test_a_fresh_run_keeps_the_last_curves_until_its_first_epoch(tmp_path):
+def test_the_published_curves_change_only_when_a_run_has_finished(tmp_path):
     from btseg.training.run import TrainingLog
 
-    folder = tmp_path / "dvclive"
-    (folder / "plots/metrics").mkdir(parents=True)
-    (folder / "plots/metrics/val_case_dice.tsv").write_text("step\tval_case_dice\n0\t0.5\n")
-    log = TrainingLog(folder, resuming=False)
-    # an interruption here (loading, the first epoch) leaves the last run's curves as they were
-    assert (folder / "plots/metrics/val_case_dice.tsv").read_text().endswith("0\t0.5\n")
+    published, working = tmp_path / "dvclive", tmp_path / "checkpoints" / "dvclive"
+    (published / "plots/metrics").mkdir(parents=True)
+    (published / "plots/metrics/val_case_dice.tsv").write_text("step\tval_case_dice\n0\t0.5\n")
+    log = TrainingLog(published, working, resuming=False)
     log({"epoch": 1, "val_case_dice": 0.25, "val_case_iou": 0.2, "learning_rate": 0.01, "train_loss": 1.0,
          "val_loss": 0.9})
     log.end()
-    rows = (folder / "plots/metrics/val_case_dice.tsv").read_text().splitlines()
+    # an interruption here (after epochs, before the end) leaves the last run's curves as they were
+    assert (published / "plots/metrics/val_case_dice.tsv").read_text().endswith("0\t0.5\n")
+    assert (working / "plots/metrics/val_case_dice.tsv").read_text().splitlines()[1].startswith("0\t0.25")
+    log.publish()
+    rows = (published / "plots/metrics/val_case_dice.tsv").read_text().splitlines()
     assert rows[0] == "step\tval_case_dice" and len(rows) == 2 and rows[1].startswith("0\t0.25")
+    assert (published / "loss.csv").is_file()
 
 
 def test_the_data_fingerprint_follows_content_not_modification_times(tmp_path):

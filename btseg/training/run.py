@@ -28,7 +28,7 @@ import btseg
 from btseg.config import Params, TrainParams
 from btseg.decisions.choose import component_sizes, decide_on_validation
 from btseg.errors import PipelineError
-from btseg.fileio import atomic_file, write_csv
+from btseg.fileio import atomic_dir, atomic_file, write_csv
 from btseg.models import create_model, write_model_file
 from btseg.models.prediction import memory_format, pick_device, set_threads
 from btseg.preprocessing.slices import SliceSet, load_split
@@ -74,7 +74,7 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     checkpoint = checkpoint or out / "checkpoint.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     resuming = matching_checkpoint(checkpoint, fingerprint(config, identity)) is not None
-    live = TrainingLog(live_dir, resuming) if dist.writer else None
+    live = TrainingLog(live_dir, checkpoint.parent / "dvclive", resuming) if dist.writer else None
     log.info("%s on %s: %d train / %d val slices, device %s", model_name, dataset,
              len(train_split.images), len(val_split.images), device)
     try:
@@ -87,7 +87,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
         if live is not None:
             live.end()
     if not dist.writer:
-        return  # rank 0 writes the model
+        return  # rank 0 writes the model and publishes the curves
+    live.publish()
     model = unwrap(model)
     model.load_state_dict(result.best_state)
     min_sizes = component_sizes(params.evaluate, train_split)
@@ -221,16 +222,19 @@ def code_hash() -> str:
 class TrainingLog:
     """The per-epoch callback that logs `LOGGED` to dvclive and the two losses to `LOSS_FILE`.
 
-    dvclive is opened at the first finished epoch, not before: a fresh run starts its log clean, but
-    a run stopped before its first epoch leaves the previous run's curves (git-tracked) in place."""
+    The log is written beside the checkpoint (`working`, untracked, outside DVC's outs) while the run
+    lasts, and copied to `published` (the git-tracked dvclive/<dataset>/<model>/ that dvc.yaml's plots
+    name) when training has finished: an interrupted run leaves the last run's curves and no tracked
+    file changed, so `dvc exp run` again finds a clean workspace, and a resumed run continues its own
+    log. dvclive is opened at the first epoch of this run."""
 
-    def __init__(self, folder: Path, resuming: bool):
-        self.folder, self.resuming, self.live = folder, resuming, None
+    def __init__(self, published: Path, working: Path, resuming: bool):
+        self.published, self.working, self.resuming, self.live = published, working, resuming, None
         _check_git_for_dvclive()
 
     def __call__(self, row: dict) -> None:
         if self.live is None:
-            self.live = open_live(self.folder, self.resuming)
+            self.live = open_live(self.working, self.resuming)
         live = self.live
         live.step = row["epoch"] - 1  # step = epoch - 1 also after a resume
         for name in LOGGED:
@@ -241,6 +245,14 @@ class TrainingLog:
     def end(self) -> None:
         if self.live is not None:
             self.live.end()
+
+    def publish(self) -> None:
+        """Replace the published curves with this run's whole log (a run resumed after its last epoch
+        has nothing new to log, and publishes the log it kept)."""
+        if self.working.is_dir():
+            with atomic_dir(self.published) as partial:
+                shutil.rmtree(partial)
+                shutil.copytree(self.working, partial)
 
 
 def log_losses(path: Path, step: int, train_loss: float, val_loss: float) -> None:

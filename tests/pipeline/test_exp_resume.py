@@ -69,7 +69,10 @@ def test_an_interrupted_experiment_resumes_and_ends_as_an_uninterrupted_one(proj
     saved = torch.load(project / CHECKPOINT, weights_only=True)["epoch"]
     assert 3 <= saved < EPOCHS, "the experiment finished before it could be interrupted"
 
-    result = sh(project, "dvc", "exp", "run", "-S", f"train.epochs={EPOCHS}")
+    result = sh(project, "dvc", "exp", "run", "-S", f"train.epochs={EPOCHS}", check=False)
+    if result.returncode:
+        state = sh(project, "git", "status", "--short").stdout + sh(project, "git", "for-each-ref", "refs/exps").stdout
+        raise AssertionError(f"{result.stderr[-2000:]}\n{state}")
     output = result.stdout + result.stderr
     assert "training from scratch" not in output
     resumed_at = int(output.split(f"resuming from {CHECKPOINT} after epoch ")[1].split()[0])

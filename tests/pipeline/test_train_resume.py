@@ -44,7 +44,7 @@ def test_killed_training_resumes_to_the_same_weights_and_log(projects):
 
     process = subprocess.Popen(stage_argv("stages.train", "--dataset", "tumor_coco", "--model", "unet"),
                                cwd=killed, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    live = killed / "dvclive/tumor_coco/unet/metrics.json"
+    live = killed / "checkpoints/tumor_coco/unet/dvclive/metrics.json"  # the log of the run in progress
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         try:
@@ -112,7 +112,16 @@ def test_checkpoint_of_other_data_is_not_resumed(projects):
     params["train"].update(epochs=2, schedule="constant")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet").returncode == 0
-    assert stage(project, "stages.preprocess", "--dataset", "tumor_coco").returncode == 0  # new arrays, same settings
+    # the same arrays written again (new files, new times): still this checkpoint's data, so it resumes
+    assert stage(project, "stages.preprocess", "--dataset", "tumor_coco").returncode == 0
+    result = stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoints/tumor_coco/unet/checkpoint.pt after epoch 2" in result.stderr
+    # other images with the same settings (another sample seed): other data, trained from scratch
+    params["data"]["sample"]["seed"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name in ("stages.download", "stages.preprocess"):
+        assert stage(project, name, "--dataset", "tumor_coco").returncode == 0
     result = stage(project, "stages.train", "--dataset", "tumor_coco", "--model", "unet")
     assert result.returncode == 0, result.stderr
     assert "resuming" not in result.stderr and "written with other settings; training from scratch" in result.stderr
