@@ -91,14 +91,15 @@ class Layout:
 
 
 def param_section(options) -> str:
-    return "data.nifti" if hasattr(options, "layout") else "data.brats2020_nifti"
+    """The params section `options` came from (data.brats2020_nifti or data.nifti), for messages."""
+    return options.param
 
 
 def build_layout(root: Path, options) -> Layout:
     """The layout `options` (a params section) describe, for the dataset under `root`."""
-    name = getattr(options, "layout", "brats2020")  # the brats2020_nifti section has no layout: it is that preset
+    name = options.layout  # data.brats2020_nifti: always the brats2020 preset
     param = param_section(options)
-    mask = getattr(options, "brain_mask_file", "")
+    mask = options.brain_mask_file
     if name in FOLDER_PRESETS:
         pattern, image, label, extensions = FOLDER_PRESETS[name]
         known = {"brats2023": ("t1c", "t1n", "t2f", "t2w")}.get(name, ("flair", "t1", "t1ce", "t2"))

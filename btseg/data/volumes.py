@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -150,6 +150,10 @@ def _plain(values: np.ndarray) -> list:
 
 
 class BratsNiftiParams(Section):
+    param: ClassVar[str] = "data.brats2020_nifti"  # for messages
+    layout: ClassVar[str] = "brats2020"  # this dataset is that preset, with no brain mask
+    brain_mask_file: ClassVar[str] = ""
+
     kaggle_handle: str
     archive: str  # an archive you already have (unpacked folder or Kaggle .zip); "" = download kaggle_handle
     sequences: Names
@@ -159,6 +163,8 @@ class BratsNiftiParams(Section):
 
 
 class NiftiParams(Section):
+    param: ClassVar[str] = "data.nifti"  # for messages
+
     path: str  # the user's dataset folder, used when data.source is not sample
     layout: Literal[LAYOUTS]
     case_pattern: str  # custom: regex of the case folders' names

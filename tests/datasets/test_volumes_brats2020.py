@@ -8,7 +8,6 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -23,9 +22,11 @@ LABELS = {"necrotic_core": 1, "edema": 2, "enhancing": 4}
 MICCAI = volumes_sample.SAMPLE_DIR
 
 
-def options(**overrides) -> SimpleNamespace:
-    values = dict(sequences=SEQUENCES, input_channels=SEQUENCES, labels=LABELS, axis="axial")
-    return SimpleNamespace(**{**values, **overrides})
+def options(**overrides) -> brats_nifti.BratsNiftiParams:
+    """The data.brats2020_nifti section, unvalidated (some tests hand the reader values params would refuse)."""
+    values = dict(kaggle_handle="", archive="", sequences=SEQUENCES, input_channels=SEQUENCES, labels=LABELS,
+                  axis="axial")
+    return brats_nifti.BratsNiftiParams.model_construct(**{**values, **overrides})
 
 
 def write_sample(root: Path, cases: int = 4, seed: int = 7) -> Path:

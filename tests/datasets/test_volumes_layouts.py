@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -30,13 +29,14 @@ LABELS = {"brats2023": {"necrotic_core": 1, "edema": 2, "enhancing": 3}}
 CUSTOM_FILES = {s: f"{{case}}_{s.upper()}.nii.gz" for s in NAMES["custom"]}
 
 
-def options(layout: str, **overrides) -> SimpleNamespace:
+def options(layout: str, **overrides) -> volumes.NiftiParams:
+    """The data.nifti section, unvalidated (some tests hand the reader values params would refuse)."""
     values = dict(path="", layout=layout, case_pattern=r"patient\d+" if layout == "custom" else "",
                   files=CUSTOM_FILES if layout == "custom" else {},
                   label_file="{case}_labels.nii.gz" if layout == "custom" else "",
                   brain_mask_file="", sequences=NAMES[layout], input_channels=NAMES[layout][::-1],
                   labels=LABELS.get(layout, {"necrotic_core": 1, "edema": 2, "enhancing": 4}), axis="axial")
-    return SimpleNamespace(**{**values, **overrides})
+    return volumes.NiftiParams.model_construct(**{**values, **overrides})
 
 
 def write(root: Path, layout: str, cases: int = 3, seed: int = 5) -> Path:
