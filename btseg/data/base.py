@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+# what to do about a bad file the pipeline itself downloaded (a reader of the user's own files says otherwise)
+DOWNLOAD_HINT = "re-run the download stage"
 # label values of a mask or label map: 8-bit, as every supported archive stores them (0 is background)
 MAX_LABEL_VALUE = 255
 

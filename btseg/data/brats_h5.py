@@ -15,12 +15,11 @@ import h5py
 import numpy as np
 
 from btseg.data import sample
-from btseg.data.base import Case, CaseRef
+from btseg.data.base import DOWNLOAD_HINT, Case, CaseRef
 from btseg.data.entry import Dataset, Names, SampleSizes, Section
 from btseg.errors import PipelineError, one_line
 
 DATA_DIR = Path("BraTS2020_training_data/content/data")
-DOWNLOAD_HINT = "re-run the download stage"
 FILE_PATTERN = re.compile(r"volume_(\d+)_slice_(\d+)\.h5")
 
 
@@ -127,6 +126,5 @@ def _write_sample(root: Path, options: BratsH5Params, sizes: SampleSizes, seed: 
                           image_channels=options.image_channels, mask_channels=options.mask_channels, seed=seed)
 
 
-DATASETS = (Dataset("brats2020", BratsH5Params, SampleSizes, list_cases, read_case, _write_sample,
-                    channels=lambda o: list(o.image_channels), input_channels=lambda o: list(o.input_channels),
-                    sub_regions=lambda o: list(o.mask_channels), files="h5"),)
+DATASETS = (Dataset("brats2020", BratsH5Params, SampleSizes, list_cases, read_case, _write_sample, files="h5",
+                    channels=lambda o: list(o.image_channels), sub_regions=lambda o: list(o.mask_channels)),)

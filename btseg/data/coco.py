@@ -152,5 +152,5 @@ def _write_sample(root: Path, options: TumorCocoParams, sizes: dict, seed: int) 
 
 # grey images stored as RGB, read as one channel; every annotation is tumor
 DATASETS = (Dataset("tumor_coco", TumorCocoParams, CocoSampleSizes, list_cases, read_case, _write_sample,
-                    channels=lambda o: ["grey"], input_channels=lambda o: ["grey"], sub_regions=lambda o: ["tumor"],
-                    files="images"),)
+                    files="images", channels=lambda o: ["grey"], input_channels=lambda o: ["grey"],
+                    sub_regions=lambda o: ["tumor"]),)

@@ -41,10 +41,16 @@ class SampleSizes(Section):
     size: Annotated[int, Field(ge=16, le=512)]
 
 
+def _listed(key: str) -> Callable[[Section], list[str]]:
+    return lambda options: list(getattr(options, key))
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One dataset the pipeline reads, by name. `params` is its data.<name> section class and `sample`
-    the type of data.sample.<name>; the callables take that section (`options`)."""
+    the type of data.sample.<name>; the callables take that section (`options`). By default the files'
+    channels are `options.channels`, the model's `options.input_channels`, the sub-regions the keys
+    of `options.labels`."""
 
     name: str
     params: type[Section]
@@ -52,10 +58,17 @@ class Dataset:
     list_cases: Callable[[Path, Section], list[CaseRef]]
     read_case: Callable[[CaseRef, Section], Case]
     write_sample: Callable[[Path, Section, Any, int], None]  # (empty folder, options, data.sample.<name>, seed)
-    channels: Callable[[Section], list[str]]  # the image channels its files hold, in file order
-    input_channels: Callable[[Section], list[str]]  # the channels fed to the model, in order
-    sub_regions: Callable[[Section], list[str]]  # the labelled sub-regions of its masks, in order
     # what a model trained on it predicts on: 2D image files (PNG/JPG/TIF), NIfTI volumes in the
     # layout it was trained on (the model file keeps it), or BraTS .h5 slices
     files: Literal["images", "volumes", "h5"]
+    channels: Callable[[Section], list[str]] = _listed("channels")  # the image channels its files hold, in order
+    input_channels: Callable[[Section], list[str]] = _listed("input_channels")  # fed to the model, in order
+    sub_regions: Callable[[Section], list[str]] = _listed("labels")  # its masks' labelled sub-regions, in order
     own_folder: bool = False  # read from data.<name>.path (the user's folder) when data.source is not sample
+
+
+def sample_of_cases(write: Callable[..., None]) -> Callable[[Path, Section, SampleSizes, int], None]:
+    """An entry's write_sample for a sample writer taking cases, slices_per_case, size and seed."""
+    def write_sample(root: Path, options: Section, sizes: SampleSizes, seed: int) -> None:
+        write(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
+    return write_sample

@@ -29,7 +29,7 @@ import numpy as np
 
 from btseg.data import phantom
 from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
-from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section
+from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section, sample_of_cases
 from btseg.data.images import decode
 from btseg.errors import PipelineError
 
@@ -286,10 +286,5 @@ class FolderParams(Section):
     labels: LabelValues
 
 
-def _write_sample(root: Path, options: FolderParams, sizes: SampleSizes, seed: int) -> None:
-    write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-
-
-DATASETS = (Dataset("folder", FolderParams, SampleSizes, list_cases, read_case, _write_sample,
-                    channels=lambda o: list(o.channels), input_channels=lambda o: list(o.input_channels),
-                    sub_regions=lambda o: list(o.labels), files="images", own_folder=True),)
+DATASETS = (Dataset("folder", FolderParams, SampleSizes, list_cases, read_case, sample_of_cases(write_sample),
+                    files="images", own_folder=True),)

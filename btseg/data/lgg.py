@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from btseg.data import phantom
-from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
-from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section
+from btseg.data.base import DOWNLOAD_HINT, MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.entry import Dataset, LabelValues, Names, SampleSizes, Section, sample_of_cases
 from btseg.data.images import decode
 from btseg.errors import PipelineError
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 TREE = "kaggle_3m"
 DUPLICATE_TREE = Path("lgg-mri-segmentation") / TREE  # the archive's second copy of the same files
 SLICE_NAME = re.compile(r"(?P<case>.+)_(?P<k>\d+)(?P<mask>_mask)?\.tif")
-DOWNLOAD_HINT = "re-run the download stage"
 
 # The sample's TIFF channels in file order, and the phantom sequence drawn in each.
 FILE_CHANNELS = ("pre_contrast", "flair", "post_contrast")
@@ -264,10 +263,5 @@ class LggParams(Section):
     labels: LabelValues
 
 
-def _write_sample(root: Path, options: LggParams, sizes: SampleSizes, seed: int) -> None:
-    write_sample(root, cases=sizes.cases, slices_per_case=sizes.slices_per_case, size=sizes.size, seed=seed)
-
-
-DATASETS = (Dataset("lgg", LggParams, SampleSizes, list_cases, read_case, _write_sample,
-                    channels=lambda o: list(o.channels), input_channels=lambda o: list(o.input_channels),
-                    sub_regions=lambda o: list(o.labels), files="images"),)
+DATASETS = (Dataset("lgg", LggParams, SampleSizes, list_cases, read_case, sample_of_cases(write_sample),
+                    files="images"),)

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from btseg.data import volumes_sample
-from btseg.data.base import MAX_LABEL_VALUE, Case, CaseRef
+from btseg.data.base import DOWNLOAD_HINT, MAX_LABEL_VALUE, Case, CaseRef
 from btseg.data.entry import Dataset, LabelMap, LabelValues, Names, SampleSizes, Section
 from btseg.data.layouts import (
     LAYOUTS,
@@ -30,7 +30,6 @@ from btseg.errors import PipelineError
 log = logging.getLogger(__name__)
 
 
-DOWNLOAD_HINT = "re-run the download stage"  # what to do about a bad file the pipeline itself downloaded
 
 
 def list_cases(root: Path, options) -> list[CaseRef]:
@@ -188,22 +187,14 @@ def _write_sample(root: Path, options: NiftiParams, sizes: SampleSizes, seed: in
                                 layout=options.layout, files=options.files, label_file=options.label_file)
 
 
-def _channels(options) -> list[str]:
+def _sequences(options) -> list[str]:
     return list(options.sequences)
-
-
-def _input_channels(options) -> list[str]:
-    return list(options.input_channels)
-
-
-def _sub_regions(options) -> list[str]:
-    return list(options.labels)
 
 
 # BraTS 2020 as published (the brats2020 layout), and the user's own NIfTI dataset in any layout
 DATASETS = (
     Dataset("brats2020_nifti", BratsNiftiParams, SampleSizes, list_cases, read_case, _write_brats2020_sample,
-            _channels, _input_channels, _sub_regions, files="volumes"),
-    Dataset("nifti", NiftiParams, SampleSizes, list_cases, read_case, _write_sample, _channels, _input_channels,
-            _sub_regions, files="volumes", own_folder=True),
+            files="volumes", channels=_sequences),
+    Dataset("nifti", NiftiParams, SampleSizes, list_cases, read_case, _write_sample, files="volumes",
+            channels=_sequences, own_folder=True),
 )
