@@ -17,6 +17,17 @@ For one model/size/batch it measures, in one run:
 - with --epoch-slices N: one full training epoch of N generated slices through btseg.training.loop.fit,
   logged like a pipeline run.
 
+With --variants (the CPU comparison of docs/benchmarks.md):
+
+    python benchmarks/bench.py --device cpu --base-channels 16 --batch 16 --size 128 --channels 1 \
+        --variants fp32:contiguous,fp32:channels_last,bf16:contiguous,bf16:channels_last --competitor 0.5
+
+it measures, side by side in one run and interleaved over --rounds rounds (the median kept), the
+seed-style fp32 loop and, for each precision:layout[:compile] variant, the pipeline's step through
+the data path and one --volume-slices volume through bts-predict's path (predict_probabilities,
+its default batch), each with its ratio to fp32:contiguous (the pipeline on a CPU before bf16);
+--competitor F runs a niced (nice 19) process that keeps F of one core busy meanwhile.
+
 Prints a table and writes everything to --json. Settings not given here (loss, optimiser, the rest
 of train.speed) come from params.yaml.
 """
@@ -24,9 +35,12 @@ of train.speed) come from params.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +57,14 @@ from btseg.config import TrainParams, load_params, parse_params
 from btseg.errors import PipelineError
 from btseg.fileio import write_json
 from btseg.models import MODELS, create_model
-from btseg.models.prediction import autocast_dtype, memory_format, pick_device, predict_masks, set_threads
+from btseg.models.prediction import (
+    autocast_dtype,
+    memory_format,
+    pick_device,
+    predict_masks,
+    predict_probabilities,
+    set_threads,
+)
 from btseg.preprocessing.slices import SliceSet
 from btseg.training.augment import TRANSFORMS
 from btseg.training.loader import loader_workers
@@ -87,6 +108,11 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workdir", help="folder for the generated slice arrays (default: a temporary folder)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
+    parser.add_argument("--variants", help="precision:layout[:compile] variants to compare side by side, comma-"
+                                           "separated: precision fp32/bf16/auto, layout contiguous/channels_last")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --variants (median kept)")
+    parser.add_argument("--competitor", type=float, default=0.0,
+                        help="share of one core (0-1] a niced busy process takes while measuring")
     return parser
 
 
@@ -107,6 +133,14 @@ def main(argv: Sequence[str]) -> None:
                                   "autocast": str(autocast_dtype(config.speed.precision, device)
                                                   or "fp32 (off)").removeprefix("torch.")}}
     make = model_factory(args)
+    if args.variants:
+        with competing_process(args.competitor):
+            results["variants"] = compare_variants(parse_variants(args.variants), make, config, args, device)
+        results["competitor_core_share"] = args.competitor
+        write_json(Path(args.json), results)
+        print(variants_table(results))
+        log.info("results written to %s", args.json)
+        return
 
     if not args.skip_baseline:
         results["seed_style_fp32"] = timed_steps(seed_style_step(make(), config, device, args), args, device)
@@ -386,6 +420,108 @@ def inference_volume(stepper: Stepper, args, device: torch.device, repeats: int 
     assert mask.shape == (args.volume_slices, args.targets, args.size, args.size) and mask.dtype == np.uint8
     seconds = float(np.median(times))
     return {"slices": args.volume_slices, "seconds": seconds, "slices_per_s": args.volume_slices / seconds}
+
+
+VARIANT_BASE = "fp32:contiguous"  # the pipeline on a CPU before bf16: the ratios' denominator
+
+
+def parse_variants(text: str) -> list[tuple[str, str, bool]]:
+    """'fp32:contiguous,bf16:channels_last:compile' -> [(precision, layout, compile), ...]."""
+    variants = []
+    for item in filter(None, text.split(",")):
+        precision, layout, *rest = item.split(":") + [""]
+        if precision not in ("fp32", "bf16", "auto") or layout not in ("contiguous", "channels_last") \
+                or rest[0] not in ("", "compile"):
+            raise PipelineError(f"--variants: {item!r} is not precision:layout[:compile] with precision fp32, bf16 "
+                                "or auto and layout contiguous or channels_last")
+        variants.append((precision, layout, rest[0] == "compile"))
+    return variants
+
+
+def variant_name(variant: tuple[str, str, bool]) -> str:
+    return ":".join(variant[:2]) + (":compile" if variant[2] else "")
+
+
+def compare_variants(variants: list[tuple[str, str, bool]], make: Callable[[], torch.nn.Module],
+                     config: TrainParams, args, device: torch.device) -> dict:
+    """The seed-style loop and each variant's data-path step and volume prediction, in interleaved
+    rounds (so a machine's drift falls on every variant alike); medians and ratios to VARIANT_BASE."""
+    volume = (np.random.default_rng(3).normal(0, 1, (args.volume_slices, args.channels, args.size, args.size))
+              .astype(np.float16))
+    measured: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
+        data = generate_slices(Path(folder) / "train", args.slices or args.batch * (args.warmup + args.steps), args)
+        runs = {}
+        for variant in variants:
+            speed = config.speed.model_copy(update={"precision": variant[0], "compile": variant[2],
+                                                    "channels_last": variant[1] == "channels_last"})
+            variant_config = config.model_copy(update={"speed": speed})
+            stepper = Stepper(make(), variant_config, device)
+            runs[variant_name(variant)] = (real_step(stepper, data, variant_config, device), stepper, speed)
+        seed_style = None if args.skip_baseline else seed_style_step(make(), config, device, args)
+        for round_ in range(args.rounds):
+            log.info("round %d of %d", round_ + 1, args.rounds)
+            if seed_style is not None:
+                measured.setdefault("seed_style_fp32", {}).setdefault("train", []).append(
+                    timed_steps(seed_style, args, device)["images_per_s"])
+            for name, (step, stepper, speed) in runs.items():
+                entry = measured.setdefault(name, {})
+                entry.setdefault("train", []).append(timed_steps(step, args, device)["images_per_s"])
+                entry.setdefault("predict", []).append(
+                    volume_rate(stepper.forward, volume, device, speed.precision, speed.channels_last))
+                stepper.model.train()
+    result = {name: {f"{kind}_images_per_s": float(np.median(rates)) for kind, rates in entry.items()}
+              | {f"{kind}_rounds": rates for kind, rates in entry.items()} for name, entry in measured.items()}
+    base = result.get(VARIANT_BASE)
+    for entry in result.values():
+        for kind in ("train", "predict"):
+            if base is not None and f"{kind}_images_per_s" in entry:
+                entry[f"{kind}_over_fp32_contiguous"] = entry[f"{kind}_images_per_s"] / base[f"{kind}_images_per_s"]
+    return result
+
+
+def volume_rate(model: torch.nn.Module, volume: np.ndarray, device: torch.device, precision: str,
+                channels_last: bool) -> float:
+    """Slices/s of one volume through predict_probabilities with its default batch (bts-predict's path)."""
+    predict_probabilities(model, volume[:8], device, precision=precision, channels_last=channels_last)
+    synchronize(device)
+    started = time.perf_counter()
+    predict_probabilities(model, volume, device, precision=precision, channels_last=channels_last)
+    synchronize(device)
+    return len(volume) / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def competing_process(share: float):
+    """A nice-19 process keeping `share` of one core busy (busy 10 ms in every 10 / share), as another
+    user's job on a shared machine; nothing with share 0."""
+    if not share:
+        yield
+        return
+    if not 0 < share <= 1:
+        raise PipelineError(f"--competitor: {share} is not a share of one core in (0, 1]")
+    code = ("import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.01: pass\n"
+            f"    time.sleep({0.01 * (1 / share - 1)!r})")
+    process = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", code])
+    log.info("competing process %d: nice 19, %.0f%% of one core", process.pid, 100 * share)
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def variants_table(results: dict) -> str:
+    lines = [f"{results['device']}, torch {results['torch']}, {results['date']}"
+             + (f"; niced competitor at {results['competitor_core_share']:.0%} of a core"
+                if results["competitor_core_share"] else ""),
+             f"{'variant':<34}{'train img/s':>12}{'x':>7}{'predict img/s':>15}{'x':>7}"]
+    for name, r in results["variants"].items():
+        train, predict = r.get("train_images_per_s"), r.get("predict_images_per_s")
+        lines.append(f"{name:<34}{train:>12.1f}{r.get('train_over_fp32_contiguous', float('nan')):>7.2f}"
+                     + (f"{predict:>15.1f}{r.get('predict_over_fp32_contiguous', float('nan')):>7.2f}"
+                        if predict is not None else f"{'-':>15}{'':>7}"))
+    return "\n".join(lines)
 
 
 def summarise(results: dict) -> None:

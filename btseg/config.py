@@ -92,8 +92,8 @@ class AugmentParams(Section):
 class SpeedParams(Section):
     """How training runs, not what it learns: precision, memory layout, compilation, the data path."""
 
-    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool  # CUDA: NHWC layout for convolutions
+    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 where native (CUDA, CPUs with AVX-512 BF16/AMX), else fp32
+    channels_last: bool  # NHWC layout for convolutions on CUDA and CPU
     compile: bool  # torch.compile the model
     loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)]  # auto: 0 on CPU, min(8, cores - 1) on CUDA
     prefetch_batches: PositiveInt  # batches each loader process reads ahead

@@ -3,13 +3,22 @@ CUDA data path. CPU tests run everywhere; `cuda` tests skip without a GPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from btseg.config import parse_params
-from btseg.models import create_model
-from btseg.models.prediction import autocast_dtype, predict_masks, predict_probabilities
+from btseg.models import create_model, prediction
+from btseg.models.prediction import (
+    autocast_dtype,
+    describe_run,
+    memory_format,
+    predict_masks,
+    predict_probabilities,
+    what_runs,
+)
 from btseg.training.device_augment import DeviceAugmenter
 from btseg.training.loop import Diverged, Stepper, _check_finite, fit, training_batches
 from tests.conftest import default_params
@@ -24,10 +33,55 @@ def config(speed=None, augment=None, **train):
     return parse_params(raw).train
 
 
-@pytest.mark.parametrize(("precision", "device", "expected"), [
-    ("auto", "cpu", None), ("auto", "cuda", torch.bfloat16), ("bf16", "cpu", torch.bfloat16), ("fp32", "cuda", None)])
-def test_precision_setting_resolves_per_device(precision, device, expected):
+@pytest.mark.parametrize(("precision", "device", "bf16_units", "expected"), [
+    ("auto", "cpu", False, None), ("auto", "cpu", True, torch.bfloat16), ("auto", "cuda", False, torch.bfloat16),
+    ("bf16", "cpu", False, torch.bfloat16), ("fp32", "cpu", True, None), ("fp32", "cuda", True, None)])
+def test_precision_setting_resolves_per_device(monkeypatch, precision, device, bf16_units, expected):
+    """auto: bf16 on CUDA and on CPUs with bf16 units, fp32 on other CPUs; fp32 and bf16 mean what they say."""
+    monkeypatch.setattr(prediction, "cpu_runs_bf16", lambda: bf16_units)
     assert autocast_dtype(precision, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize(("setting", "device", "expected"), [
+    (True, "cpu", torch.channels_last), (True, "cuda", torch.channels_last), (False, "cpu", torch.contiguous_format),
+    (True, "mps", torch.contiguous_format)])
+def test_channels_last_resolves_per_device(setting, device, expected):
+    assert memory_format(setting, torch.device(device)) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the Linux kernel's CPU flags")
+def test_bf16_units_are_read_as_the_kernel_reports_them():
+    """torch's CPU checks against the flags the kernel lists for this processor (an independent source)."""
+    flags = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
+    prediction.cpu_runs_bf16.cache_clear()
+    assert prediction.cpu_runs_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_what_runs_names_the_resolved_settings(monkeypatch):
+    monkeypatch.setattr(prediction, "cpu_runs_bf16", lambda: True)
+    ran = what_runs("auto", True, torch.device("cpu"))
+    assert (ran["device"], ran["precision"], ran["layout"], ran["threads"]) == ("cpu", "bf16", "channels_last",
+                                                                                  torch.get_num_threads())
+    assert ran["cpu"].endswith("bf16 units: yes")
+    monkeypatch.setattr(prediction, "cpu_runs_bf16", lambda: False)
+    assert what_runs("auto", False, torch.device("cpu"))["precision"] == "fp32"
+    assert what_runs("auto", False, torch.device("cpu"))["layout"] == "contiguous"
+    assert "bf16 autocast (precision auto), channels_last" in describe_run(what_runs("bf16", True, torch.device("cpu")),
+                                                                          "auto")
+
+
+def test_bf16_channels_last_prediction_agrees_with_fp32():
+    """The fast CPU path predicts what fp32 in the default layout predicts: probabilities within bf16's
+    rounding, and the same mask for all but the pixels next to the threshold."""
+    data = circles(12, seed=3)
+    torch.manual_seed(0)
+    model = create_model("unet", in_channels=1, base_channels=8, depth=3)
+    cpu = torch.device("cpu")
+    fp32 = predict_probabilities(model, data.images, cpu, precision="fp32", channels_last=False)
+    fast = predict_probabilities(model, data.images, cpu, precision="bf16", channels_last=True)
+    assert not np.array_equal(fp32, fast)  # bf16 did run
+    assert np.abs(fp32 - fast).max() < 0.02
+    assert np.mean((fp32 > 0.5) != (fast > 0.5)) < 0.005
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from btseg.decisions.thresholds import precision_recall_curve
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, write_json
 from btseg.models import load_model_file
-from btseg.models.prediction import pick_device, predict_probabilities, set_threads
+from btseg.models.prediction import describe_run, pick_device, predict_probabilities, set_threads, what_runs
 from btseg.preprocessing.slices import SliceSet, load_split
 from btseg.scoring.metrics import AGGREGATION, EMPTY_MASK_CONVENTION, HD95_CONVENTION, evaluate_targets, headline
 
@@ -51,6 +51,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     device = pick_device("cpu" if params.train.device == "cpu" else "auto")
     set_threads(params.train.num_threads)
     model = model.to(device)
+    ran = what_runs(speed.precision, speed.channels_last, device)
+    log.info("evaluating %s on %s", model_file, describe_run(ran, speed.precision))
 
     def predict(images: np.ndarray) -> np.ndarray:  # bf16 on a GPU under auto, as in training's validation
         return predict_probabilities(model, images, device, precision=speed.precision,
@@ -70,7 +72,7 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
                           for k, name in enumerate(targets)], ignore_index=True)
     chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
               "val_case_dice": None if sweep is None else float(sweep.case_dice.max()),
-              "postprocess": rule, "tta": settings.tta}
+              "postprocess": rule, "tta": settings.tta, "ran": ran, "trained_on": contents.get("ran", {})}
     conventions = {"aggregation": AGGREGATION, "empty_mask_convention": EMPTY_MASK_CONVENTION,
                    "hd95_convention": HD95_CONVENTION, "hd95_unit": "px"}
     metrics = {**metrics, **chosen, **conventions}

@@ -60,8 +60,10 @@ def load_model(path: Path) -> Model:
                  bool(checkpoint.get("tta", False)))
 
 
-def predict_scan(image: np.ndarray, model: Model, device: torch.device) -> np.ndarray:
-    """Probabilities (S, K, H, W) of a scan's slices `image` (S, C, H, W), on the scan's own geometry."""
+def predict_scan(image: np.ndarray, model: Model, device: torch.device, precision: str = "auto") -> np.ndarray:
+    """Probabilities (S, K, H, W) of a scan's slices `image` (S, C, H, W), on the scan's own geometry;
+    `precision` as train.speed.precision (auto: bf16 where the device runs it natively), NHWC layout."""
     inputs, _, placement = prepare_image(image, model.settings)
-    probabilities = predict_probabilities(model.network.to(device), inputs, device, tta=model.tta)
+    probabilities = predict_probabilities(model.network.to(device), inputs, device, precision=precision,
+                                          tta=model.tta)
     return place_back(probabilities, placement, model.settings)

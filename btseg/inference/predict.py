@@ -18,7 +18,7 @@ from btseg.errors import PipelineError, run_stage
 from btseg.inference.inputs import find_scans, output_folders, read_scan
 from btseg.inference.model import load_model, predict_scan
 from btseg.inference.outputs import SAMPLE_WARNING, write_outputs
-from btseg.models.prediction import pick_device
+from btseg.models.prediction import describe_run, pick_device, what_runs
 
 log = logging.getLogger("btseg.inference.predict")
 
@@ -31,6 +31,9 @@ def main(argv: Sequence[str]) -> None:
                         help="case folders, NIfTI/.h5 files, images, or folders of them")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto (default): bf16 on GPUs and on CPUs with bf16 units (AVX-512 BF16, AMX), "
+                             "fp32 elsewhere; fp32: the same bits as an fp32 run elsewhere")
     args = parser.parse_args(argv)
     try:
         device = pick_device(args.device)
@@ -42,12 +45,13 @@ def main(argv: Sequence[str]) -> None:
     if model.trained_on_sample:
         log.warning("%s: %s", args.model, SAMPLE_WARNING)
     groups, problems = find_scans(args.inputs, model, args.out)
+    log.info("predicting on %s", describe_run(what_runs(args.precision, True, device), args.precision))
     done = 0
     for group, folder in zip(groups, output_folders(groups)):
         try:
             scan = read_scan(group, model)
             scan.folder = folder
-            summary = write_outputs(scan, predict_scan(scan.image, model, device), model, args.out)
+            summary = write_outputs(scan, predict_scan(scan.image, model, device, args.precision), model, args.out)
         except PipelineError as error:
             problems.append(str(error))
             continue

@@ -11,7 +11,9 @@ needs the full unpickler to load is refused without ever being unpickled that wa
 - `threshold`, `postprocess`, `min_component_voxels`, `tta`: the decisions made on validation
   (btseg.decisions) and the remove_small sizes they were chosen among;
 - `best_epoch`, `val_case_dice`, `stopped_early`, `train_params`: how it was trained;
-- `data_meta`, `inference_meta`: what its training slices held and how images were prepared.
+- `data_meta`, `inference_meta`: what its training slices held and how images were prepared;
+- `ran`: what training ran on (device, precision and layout as train.speed resolved them there,
+  threads, torch.compile): train.speed's `auto` means bf16 on one CPU and fp32 on another.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class Ensemble(nn.Module):
 
 def write_model_file(path: Path, *, model: str, model_args: dict, state_dict: dict, threshold: float, postprocess: str,
                      min_component_voxels: list[int], tta: bool, best_epoch: int, val_case_dice: float,
-                     stopped_early: bool, train_params: dict, data_meta: dict, inference_meta: dict) -> None:
+                     stopped_early: bool, train_params: dict, data_meta: dict, inference_meta: dict,
+                     ran: dict | None = None) -> None:
     """Write a model file of one model (the train stage's model.pt), atomically."""
     with atomic_file(path) as partial:
         torch.save({
@@ -65,6 +68,7 @@ def write_model_file(path: Path, *, model: str, model_args: dict, state_dict: di
             "data_meta": data_meta,
             # what prediction needs besides: how images were prepared and the files' channel order
             "inference_meta": inference_meta,
+            "ran": ran or {},  # device, precision, layout, threads as training resolved train.speed
         }, partial)
 
 
@@ -74,7 +78,7 @@ def write_ensemble(path: Path, folds: Sequence[dict], threshold: float, postproc
     first = folds[0]
     with atomic_file(path) as partial:
         torch.save({**{k: first[k] for k in ("format_version", "model", "model_args", "train_params", "data_meta",
-                                             "inference_meta")},
+                                             "inference_meta")}, "ran": first.get("ran", {}),
                     "members": [c["state_dict"] for c in folds], "threshold": threshold, "postprocess": postprocess,
                     "tta": bool(first.get("tta", False)), "best_epoch": [c["best_epoch"] for c in folds],
                     "val_case_dice": float(np.mean([c["val_case_dice"] for c in folds])),

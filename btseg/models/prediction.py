@@ -4,8 +4,10 @@ prediction and the benchmark."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +27,26 @@ def set_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
 
 
+@functools.cache
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX tiles), where oneDNN's bf16
+    convolutions run at about twice the fp32 rate. Without them bf16 is emulated and only costs."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(checks):
+        return any(check() for check in checks if check is not None)
+    try:  # an older torch without the checks: the kernel's CPU flags (Linux)
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """train.speed.precision -> the autocast dtype (None: plain fp32). auto: bf16 on CUDA only, where
-    tensor cores run it at several times the fp32 rate; on CPUs without bf16 units it only costs."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """train.speed.precision -> the autocast dtype (None: plain fp32). auto: bf16 where the device runs
+    it natively (CUDA tensor cores; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_runs_bf16())):
         return torch.bfloat16
     return None
 
@@ -41,9 +59,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def memory_format(channels_last: bool, device: torch.device) -> torch.memory_format:
-    """train.speed.channels_last: NHWC on CUDA, where cuDNN's fastest convolutions want it; the
-    default layout elsewhere (the one place this is decided, for training and prediction alike)."""
-    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    """train.speed.channels_last: NHWC on CUDA (cuDNN's fastest convolutions want it) and on the CPU
+    (oneDNN's: 1.4x in fp32, 1.4-1.9x in bf16 on the project's CPU, docs/benchmarks.md); the default
+    layout on other devices. The one place this is decided, for training and prediction alike."""
+    return torch.channels_last if channels_last and device.type in ("cuda", "cpu") else torch.contiguous_format
+
+
+def what_runs(precision: str, channels_last: bool, device: torch.device) -> dict:
+    """What train.speed's precision and channels_last mean on `device`: logged by every stage that
+    runs the model and stored in the model file (the 'ran' entry)."""
+    dtype = autocast_dtype(precision, device)
+    ran = {"device": device.type, "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+           "layout": "channels_last" if memory_format(channels_last, device) == torch.channels_last else "contiguous",
+           "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        ran["cpu"] = f"{torch.backends.cpu.get_cpu_capability()}, bf16 units: {'yes' if cpu_runs_bf16() else 'no'}"
+    return ran
+
+
+def describe_run(ran: dict, precision: str) -> str:
+    """One log line's worth of what_runs: 'cpu, bf16 autocast (precision auto), channels_last, 2 threads (...)'."""
+    text = f"{ran['device']}, {ran['precision']}{' autocast' if ran['precision'] != 'fp32' else ''} " \
+           f"(precision {precision}), {ran['layout']}, {ran['threads']} threads"
+    return text + (f" ({ran['cpu']})" if "cpu" in ran else "")
 
 
 def default_batch(device: torch.device) -> int:
@@ -96,7 +134,7 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, device: torch.de
                           precision: str = "auto", channels_last: bool = True, tta: bool = False) -> np.ndarray:
     """Probability per pixel and target, float32 (N, K, H, W), for images (N, C, H, W).
 
-    `precision` and `channels_last` as train.speed (auto: bf16 autocast on CUDA, fp32 on CPU);
+    `precision` and `channels_last` as train.speed (btseg.models.prediction.autocast_dtype, memory_format);
     `tta` (evaluate.tta): the mean of the probabilities of the image and its three flips."""
     parts = _predict(model, images, device, batch_size, precision, channels_last, tta, torch.sigmoid, lambda p: p)
     return np.concatenate(parts) if parts else np.empty((0, 1, *images.shape[2:]), np.float32)

@@ -118,9 +118,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams, steps_
 class Stepper:
     """One optimisation step exactly as `fit` runs it (benchmarks/bench.py times this same object).
 
-    On CUDA: the model in channels_last, cuDNN autotuning, bf16 autocast for the forward pass
-    (train.speed.precision) with the loss in fp32, optionally torch.compile; batches arrive
-    pinned and are copied without blocking, then widened from fp16/uint8 on the device.
+    The model in channels_last and bf16 autocast for the forward pass where the device runs them
+    fast (train.speed, resolved by btseg.models.prediction: CUDA, and CPUs with bf16 units), the loss
+    in fp32, optionally torch.compile; on CUDA cuDNN autotuning, and batches arrive pinned and are
+    copied without blocking, then widened from fp16/uint8 on the device.
     """
 
     def __init__(self, model: nn.Module, config: TrainParams, device: torch.device):

@@ -30,7 +30,7 @@ from btseg.decisions.choose import component_sizes, decide_on_validation
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, atomic_file, write_csv
 from btseg.models import create_model, write_model_file
-from btseg.models.prediction import memory_format, pick_device, set_threads
+from btseg.models.prediction import describe_run, memory_format, pick_device, set_threads, what_runs
 from btseg.preprocessing.slices import SliceSet, load_split
 from btseg.training.checkpoint import fingerprint, matching_checkpoint
 from btseg.training.folds import fold_sets
@@ -75,8 +75,10 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     resuming = matching_checkpoint(checkpoint, fingerprint(config, identity)) is not None
     live = TrainingLog(live_dir, checkpoint.parent / "dvclive", resuming) if dist.writer else None
-    log.info("%s on %s: %d train / %d val slices, device %s", model_name, dataset,
-             len(train_split.images), len(val_split.images), device)
+    ran = what_runs(config.speed.precision, config.speed.channels_last, device) | {"compile": config.speed.compile}
+    log.info("%s on %s: %d train / %d val slices; runs on %s%s", model_name, dataset, len(train_split.images),
+             len(val_split.images), describe_run(ran, config.speed.precision),
+             ", torch.compile" if config.speed.compile else "")
     try:
         result = fit(model, train_split, val_split, config, threshold=threshold, device=device, checkpoint=checkpoint,
                      identity=identity, on_epoch=live, dist=dist, tta=params.evaluate.tta)
@@ -94,7 +96,7 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     min_sizes = component_sizes(params.evaluate, train_split)
     decision, rule = decide_on_validation(model, val_split, params.evaluate, min_sizes, device, config)
     save_model_file(out / "model.pt", model_name, model_args, result, decision, rule, min_sizes, params.evaluate.tta,
-                    train_split, config)
+                    train_split, config, ran)
     log.info("best epoch %d, val case Dice %.4f%s", result.best_epoch, result.best_val_dice,
              " (stopped early)" if result.stopped_early else "")
 
@@ -291,10 +293,10 @@ def _check_git_for_dvclive() -> None:
 
 
 def save_model_file(path: Path, model_name: str, model_args: dict, result, threshold: float, postprocess: str,
-                    min_sizes: list[int], tta: bool, train_split: SliceSet, config: TrainParams) -> None:
+                    min_sizes: list[int], tta: bool, train_split: SliceSet, config: TrainParams, ran: dict) -> None:
     """model.pt: everything prediction needs (architecture, weights, threshold, how images were prepared)."""
     write_model_file(path, model=model_name, model_args=model_args, state_dict=result.best_state, threshold=threshold,
                      postprocess=postprocess, min_component_voxels=min_sizes, tta=tta, best_epoch=result.best_epoch,
                      val_case_dice=result.best_val_dice, stopped_early=result.stopped_early,
                      train_params=config.model_dump(), data_meta=data_meta(train_split),
-                     inference_meta={k: train_split.meta[k] for k in ("geometry", "source_channels")})
+                     inference_meta={k: train_split.meta[k] for k in ("geometry", "source_channels")}, ran=ran)
