@@ -95,6 +95,7 @@ class SpeedParams(Section):
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 where native (CUDA, CPUs with AVX-512 BF16/AMX), else fp32
     channels_last: bool  # NHWC layout for convolutions on CUDA and CPU
     compile: bool  # torch.compile the model
+    threads_follow_load: bool  # CPU: fewer torch threads while another process takes a core (btseg.training.threads)
     loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)]  # auto: 0 on CPU, min(8, cores - 1) on CUDA
     prefetch_batches: PositiveInt  # batches each loader process reads ahead
     augment_on: Literal["auto", "cpu", "device"]  # auto: device (batched torch) on CUDA, cpu (albumentations) on CPU

@@ -199,6 +199,7 @@ def test_bf16_masks_on_cuda_agree_with_fp32_on_the_cpu():
 def test_resume_fingerprint_ignores_speed_only_settings_but_not_precision():
     from btseg.training.checkpoint import fingerprint
     base = fingerprint(config(), {})
-    assert fingerprint(config({"loader_workers": 6, "prefetch_batches": 2, "compile": True}), {}) == base
+    assert fingerprint(config({"loader_workers": 6, "prefetch_batches": 2, "compile": True,
+                              "threads_follow_load": True}), {}) == base
     assert fingerprint(config({"precision": "bf16"}), {}) != base
     assert fingerprint(config({"augment_on": "device"}), {}) != base  # other draws, other interpolation

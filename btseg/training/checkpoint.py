@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 def fingerprint(config: TrainParams, extra: dict) -> str:
     """What must match for a checkpoint to be resumed: every setting that changes the result."""
-    # the loader's processes and prefetch, and compilation, change the speed, not the result
+    # the loader's processes and prefetch, compilation and the thread count change the speed, not the result
     settings = config.model_dump(exclude={"models": True, "device": True, "num_threads": True,
-                                          "speed": {"loader_workers", "prefetch_batches", "compile"}})
+                                          "speed": {"loader_workers", "prefetch_batches", "compile",
+                                                                    "threads_follow_load"}})
     return json.dumps({**settings, **extra}, sort_keys=True, default=str)
 
 

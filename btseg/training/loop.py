@@ -36,6 +36,7 @@ from btseg.training.checkpoint import fingerprint, matching_checkpoint, save_che
 from btseg.training.device_augment import DeviceAugmenter
 from btseg.training.loader import make_loader
 from btseg.training.losses import Loss
+from btseg.training.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     steps = len(plan)
     scheduler = make_scheduler(optimizer, config, steps)
     check_every = 1 if device.type == "cpu" else 32  # reading the loss back waits for the GPU: not at every step
+    tuner = (ThreadTuner(torch.get_num_threads())
+             if config.speed.threads_follow_load and device.type == "cpu" and dist.world == 1 else None)
     key = fingerprint(config, identity or {})
     history: list[dict] = []
     best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
@@ -233,6 +236,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         random.seed(config.seed * 100_003 + epoch)
         plan.set_epoch(epoch)
         model.train()
+        if tuner is not None:
+            tuner.pause()
         losses: list[torch.Tensor] = []
         progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                         disable=None if dist.writer else True)
@@ -242,6 +247,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
                 _check_finite(losses, epoch, batch, check_every)
                 progress.set_postfix(loss=f"{losses[-1].item():.4f}")
             stepper.update()
+            if tuner is not None:
+                tuner.step_done()
             if config.schedule == "onecycle":
                 scheduler.step()
         # every process scores the whole validation split with the same weights: the same decisions
@@ -261,8 +268,9 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
             best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         else:
             stale += 1
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val case Dice %.4f (%.1f s)", epoch, config.epochs,
-                 row["train_loss"], val_loss, val_dice, row["seconds"])
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val case Dice %.4f (%.1f s%s)", epoch, config.epochs,
+                 row["train_loss"], val_loss, val_dice, row["seconds"],
+                 "" if tuner is None else f", {torch.get_num_threads()} threads")
         stopped_early = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
         if checkpoint is not None and dist.writer:
             save_checkpoint(checkpoint, key, epoch, unwrap(model), optimizer, scheduler, history, best_dice, best_epoch,

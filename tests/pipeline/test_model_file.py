@@ -57,6 +57,14 @@ def test_every_reader_gets_the_same_network_and_decisions(project, tmp_path):
     # evaluate scores at the model file's decisions, and says so
     settings = json.loads((project / "reports/tumor_coco/unet/evaluation/settings.json").read_text())
     assert (settings["threshold"], settings["postprocess"]) == (threshold, rule)
+    # what training ran on, as the CPU's flags say train.speed resolves here, recorded for every reader
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    speed = params.train.speed
+    bf16 = speed.precision == "bf16" or (speed.precision == "auto" and bool(flags & {"avx512_bf16", "amx_bf16"}))
+    expected = {"device": "cpu", "precision": "bf16" if bf16 else "fp32",
+                "layout": "channels_last" if speed.channels_last else "contiguous", "compile": speed.compile}
+    assert {k: contents["ran"][k] for k in expected} == expected
+    assert settings["trained_on"] == contents["ran"] and settings["ran"]["precision"] == expected["precision"]
     # bts-export writes the same network as a program that needs only PyTorch
     result = run_in(project, "btseg.inference.export", str(model_file), "--out", str(tmp_path / "unet.pt2"))
     assert result.returncode == 0, result.stderr

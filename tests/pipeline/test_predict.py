@@ -61,6 +61,25 @@ def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
     assert summary["model"]["architecture"] == "unet" and summary["model"]["dataset"] == "brats2020_nifti"
 
 
+def test_precision_fp32_and_auto_give_the_same_mask_and_say_what_ran(project, tmp_path):
+    """--precision fp32 is the fp32 path whatever the CPU; auto is bf16 on CPUs with bf16 units: the masks
+    differ at most on a few voxels next to the threshold."""
+    from btseg.models.prediction import cpu_runs_bf16
+
+    case = sorted((project / "data/raw/brats2020_nifti").rglob("BraTS20_Training_001"))[0]
+    masks, logs = {}, {}
+    for precision in ("auto", "fp32"):
+        result = run(project, "btseg.inference.predict", "models/brats2020_nifti/unet/model.pt", str(case), "--out",
+                     str(tmp_path / precision), "--precision", precision)
+        assert result.returncode == 0, result.stderr
+        masks[precision] = np.asarray(nib.load(str(tmp_path / precision / "BraTS20_Training_001_mask.nii.gz")).dataobj)
+        logs[precision] = result.stderr
+    auto = "bf16 autocast (precision auto)" if cpu_runs_bf16() else "fp32 (precision auto)"
+    assert f"predicting on cpu, {auto}, channels_last" in logs["auto"]
+    assert "predicting on cpu, fp32 (precision fp32), channels_last" in logs["fp32"]
+    assert np.mean(masks["auto"] != masks["fp32"]) < 1e-3
+
+
 def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
     from btseg.inference.inputs import read_scan
     from btseg.inference.model import load_model
