@@ -113,6 +113,10 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --variants (median kept)")
     parser.add_argument("--competitor", type=float, default=0.0,
                         help="share of one core (0-1] a niced busy process takes while measuring")
+    parser.add_argument("--competitor-session", choices=["same", "other"], default="other",
+                        help="other (default): the competitor in a session of its own, as a job in another terminal "
+                             "(Linux's autogroup scheduling then weighs it like any process, niced or not); same: "
+                             "a child of this session, where nice 19 leaves it only idle time")
     return parser
 
 
@@ -134,9 +138,9 @@ def main(argv: Sequence[str]) -> None:
                                                   or "fp32 (off)").removeprefix("torch.")}}
     make = model_factory(args)
     if args.variants:
-        with competing_process(args.competitor):
+        with competing_process(args.competitor, args.competitor_session == "other"):
             results["variants"] = compare_variants(parse_variants(args.variants), make, config, args, device)
-        results["competitor_core_share"] = args.competitor
+        results["competitor_core_share"], results["competitor_session"] = args.competitor, args.competitor_session
         write_json(Path(args.json), results)
         print(variants_table(results))
         log.info("results written to %s", args.json)
@@ -499,9 +503,10 @@ def volume_rate(model: torch.nn.Module, volume: np.ndarray, device: torch.device
 
 
 @contextlib.contextmanager
-def competing_process(share: float):
+def competing_process(share: float, own_session: bool = True):
     """A nice-19 process keeping `share` of one core busy (busy 10 ms in every 10 / share), as another
-    user's job on a shared machine; nothing with share 0."""
+    user's job on a shared machine, in a session of its own (`own_session`) or this one; nothing with
+    share 0."""
     if not share:
         yield
         return
@@ -509,7 +514,7 @@ def competing_process(share: float):
         raise PipelineError(f"--competitor: {share} is not a share of one core in (0, 1]")
     code = ("import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.01: pass\n"
             f"    time.sleep({0.01 * (1 / share - 1)!r})")
-    process = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", code])
+    process = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", code], start_new_session=own_session)
     log.info("competing process %d: nice 19, %.0f%% of one core", process.pid, 100 * share)
     try:
         yield process
@@ -520,7 +525,8 @@ def competing_process(share: float):
 
 def variants_table(results: dict) -> str:
     lines = [f"{results['device']}, torch {results['torch']}, {results['date']}"
-             + (f"; niced competitor at {results['competitor_core_share']:.0%} of a core"
+             + (f"; niced competitor at {results['competitor_core_share']:.0%} of a core, "
+                f"{results['competitor_session']} session"
                 if results["competitor_core_share"] else ""),
              f"{'variant':<34}{'train img/s':>12}{'x':>7}{'predict img/s':>15}{'x':>7}"]
     for name, r in results["variants"].items():
