@@ -110,6 +110,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--variants", help="precision:layout[:compile] variants to compare side by side, comma-"
                                            "separated: precision fp32/bf16/auto, layout contiguous/channels_last")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: one per core)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --variants (median kept)")
     parser.add_argument("--competitor", type=float, default=0.0,
                         help="share of one core (0-1] a niced busy process takes while measuring")
@@ -123,7 +124,7 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> None:
     args = arguments().parse_args(argv)
     device = pick_device(args.device)
-    set_threads(0)
+    set_threads(args.threads)
     config = bench_config(args)
     log.info("device %s; %s, %d base channels, depth %d, batch %d of %d x %d x %d", describe(device), args.model,
              args.base_channels, args.depth, args.batch, args.channels, args.size, args.size)
