@@ -115,6 +115,43 @@ def gallery_figure(images: np.ndarray, truths: np.ndarray, predictions: np.ndarr
     return figure
 
 
+def overview_slices(masks: np.ndarray, most: int = 3) -> list[int]:
+    """The slices a prediction's overview shows, in slice order: the `most` slices with the most
+    predicted tumor (any target; slices without tumor are not among them) and the middle slice."""
+    tumor = masks.reshape(len(masks), -1).sum(axis=1)
+    ranked = [int(i) for i in np.argsort(-tumor, kind="stable")[:most] if tumor[i] > 0]
+    return sorted({*ranked, len(masks) // 2})
+
+
+PREDICTION_COLOURS = (COLOURS["TP: tumor found"], COLOURS["FP: false alarm"], COLOURS["FN: tumor missed"])
+
+
+def overview_figure(image: np.ndarray, masks: np.ndarray, slice_numbers: list[int], targets: list[str],
+                    suptitle: str):
+    """A volume prediction at a glance: the input (H, W per slice of `image` (S, H, W)) with each
+    target's predicted outline (the report's found-tumor yellow for the first target, then red and
+    green), on the slices overview_slices picks; `masks` (S, K, H, W)."""
+    picked = overview_slices(masks)
+    figure, axes = plt.subplots(1, len(picked), figsize=(max(PANEL_INCHES * len(picked), 6.0), 3.6), squeeze=False)
+    tumor = masks.reshape(len(masks), masks.shape[1], -1).sum(axis=2)
+    for axis, index in zip(axes[0], picked):
+        axis.axis("off")
+        axis.imshow(to_grey(image[index]), cmap="gray", interpolation="nearest")
+        for k in range(masks.shape[1]):
+            if masks[index, k].any():
+                axis.contour(masks[index, k].astype(float), levels=[0.5],
+                             colors=[PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)]], linewidths=1.2)
+        found = ", ".join(f"{name} {int(tumor[index, k])} px" for k, name in enumerate(targets))
+        middle = " (middle)" if index == len(masks) // 2 else ""
+        axis.set_title(fit_title(f"slice {slice_numbers[index]}{middle}: {found}"), fontsize=TITLE_POINTS)
+    handles = [Line2D([], [], color=PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)], linewidth=1.5,
+                      label=f"predicted {name}") for k, name in enumerate(targets)]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.suptitle(suptitle, fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.93))
+    return figure
+
+
 def analysis_figure(per_slice: pd.DataFrame, per_case: pd.DataFrame, pr_curve: pd.DataFrame, threshold: float,
                     suptitle: str):
     """Three panels: per-slice Dice vs true tumor area, the per-case Dice distribution, and the

@@ -6,11 +6,13 @@ looks complete.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ import pandas as pd
 from btseg.data import nifti
 from btseg.decisions.postprocess import apply_rule
 from btseg.errors import PipelineError, one_line
-from btseg.evaluation.plotting import overlay
+from btseg.evaluation.plotting import fit_title, overlay, overview_figure
 from btseg.fileio import atomic_file
 from btseg.inference.inputs import Scan
 from btseg.inference.model import Model
@@ -66,9 +68,32 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     if scan.voxel_ml is not None:
         summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4)
                                       for k, name in enumerate(model.targets)}
+    if scan.kind != "image":  # a volume: one picture of where the tumor was found
+        overview = folder / f"{scan.name}_overview.png"
+        files[overview] = _overview_png(scan, masks, model, summary)
+        summary["outputs"].append(str(overview))
     files[folder / f"{scan.name}_summary.json"] = json.dumps(summary, indent=2) + "\n"
     _write_all(files)
     return summary
+
+
+def _overview_png(scan: Scan, masks: np.ndarray, model: Model, summary: dict) -> bytes:
+    """`<case>_overview.png`: the slices with the most predicted tumor and the middle one, FLAIR (or the
+    model's first sequence) with the predicted outlines; case, model and tumor volume in the title."""
+    channel = model.channels.index("flair") if "flair" in model.channels else 0
+    volume = summary.get("tumor_volume_ml")
+    amount = (", ".join(f"{name} {value:.1f} mL" for name, value in volume.items()) if volume is not None
+              else ", ".join(f"{name} {value} px" for name, value in summary["tumor_pixels"].items()))
+    description = model.description
+    title = (f"{scan.name}: {description['architecture']} trained on {description['dataset']} "
+             f"(val Dice {description['val_case_dice']:.3f}); predicted tumor {amount}")
+    numbers = scan.slice_numbers or list(range(len(masks)))
+    title = fit_title(title, inches=10, points=10)
+    figure = overview_figure(scan.image[:, channel], masks, numbers, model.targets, title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 SAMPLE_WARNING = "the model was trained on the synthetic sample data: its masks say nothing about real scans"
@@ -92,6 +117,8 @@ def _write_all(files: dict[Path, object]) -> None:
 
 def _encode(path: Path, content: object) -> bytes:
     """The bytes of an output file: JSON text, a gzipped NIfTI image, or a PNG."""
+    if isinstance(content, bytes):  # already encoded (the overview PNG)
+        return content
     if isinstance(content, str):
         return content.encode("utf-8")
     if isinstance(content, nib.Nifti1Image):

@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
 import nibabel as nib
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -58,6 +60,11 @@ def test_nifti_case_gets_a_mask_with_the_input_geometry(project, tmp_path):
     voxel_ml = float(np.prod(flair.header.get_zooms())) / 1000
     assert summary["tumor_volume_ml"]["whole_tumor"] == pytest.approx(data.sum() * voxel_ml, abs=1e-3)
     assert summary["tumor_present"] == bool(data.any())
+    # and a picture of it: the overview PNG, listed among the outputs
+    overview = tmp_path / "BraTS20_Training_001_overview.png"
+    assert str(overview) in summary["outputs"]
+    picture = cv2.imread(str(overview))
+    assert picture is not None and picture.shape[2] == 3 and picture.shape[1] > 600
     assert summary["model"]["architecture"] == "unet" and summary["model"]["dataset"] == "brats2020_nifti"
 
 
@@ -242,6 +249,61 @@ def test_exported_program_runs_without_this_package_and_matches(project, tmp_pat
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
+def readme_onnx_example() -> str:
+    """The README's ONNX example, as a user would copy it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- onnx-example -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_onnx_export_runs_under_onnxruntime_without_torch_and_matches_pytorch(project, tmp_path):
+    from btseg.models import load_model_file
+
+    out = tmp_path / "unet.onnx"
+    for _ in range(2):  # a re-export replaces its own file
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--format", "onnx",
+                     "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert "onnxruntime matches PyTorch within" in result.stderr
+    size = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["size"]
+    model, contents = load_model_file(project / "models/brats2020/unet/model.pt")
+    for batch in (1, 5):  # the batch is dynamic: neither is the traced 2
+        x = torch.randn(batch, 4, size, size, generator=torch.Generator().manual_seed(batch))
+        np.save(tmp_path / "x.npy", x.numpy())
+        (tmp_path / "example.py").write_text(readme_onnx_example())
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        check = subprocess.run([sys.executable, "-I", "example.py"], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert check.returncode == 0, check.stderr
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = np.load(tmp_path / "y.npy")
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+        printed = json.loads(check.stdout)
+        assert printed["threshold"] == contents["threshold"] and printed["size"] == size
+        assert printed["tumor_pixels"] == int((1 / (1 + np.exp(-expected)) > contents["threshold"]).sum())
+    # the pt2 program carries the same metadata
+    result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", "--out", str(tmp_path / "u.pt2"))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "u.pt2") as archive:
+        pt2_meta = json.loads(archive.read(next(n for n in archive.namelist() if n.endswith("preprocessing.json"))))
+    onnx_meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["btseg"])
+    assert onnx_meta == pt2_meta
+
+
+def test_onnx_export_refuses_other_files_and_a_wrong_suffix(project, tmp_path):
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    for out, extra, message in [(notes, ["--format", "onnx"], "not a program bts-export wrote"),
+                                (tmp_path / "u.pt2", ["--format", "onnx"], "use the .onnx suffix for --format onnx"),
+                                (tmp_path / "u.onnx", [], "use the .pt2 suffix for --format pt2")]:
+        result = run(project, "btseg.inference.export", "models/brats2020/unet/model.pt", *extra, "--out", str(out))
+        assert result.returncode == 1, (out, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert notes.read_text() == "my notes" and not (tmp_path / "u.onnx").exists()
+
+
 def test_inputs_of_the_same_name_get_their_own_folders_and_slice_numbers_are_the_files(project, tmp_path,
                                                                                        realdata_coco):
     image = sorted((realdata_coco / "test").glob("*.jpg"))[0]
@@ -379,7 +441,8 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_back_as_input(proj
                      "--out", str(inputs / "pred"))
         assert result.returncode == 0, (attempt, result.stderr)
         assert sorted(p.name for p in (inputs / "pred").iterdir()) == [
-            "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+            "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_overview.png",
+            "BraTS20_Training_001_summary.json"]
 
 
 def test_a_case_given_twice_is_predicted_and_counted_once(project, tmp_path):
@@ -392,7 +455,8 @@ def test_a_case_given_twice_is_predicted_and_counted_once(project, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 input(s) predicted" in result.stderr
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
-        "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_summary.json"]
+        "BraTS20_Training_001_mask.nii.gz", "BraTS20_Training_001_overview.png",
+        "BraTS20_Training_001_summary.json"]
     summary = json.loads((out / "BraTS20_Training_001_summary.json").read_text())
     assert len(summary["input"]) == len(set(summary["input"])) == 4  # each sequence's file once
 
