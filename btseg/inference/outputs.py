@@ -86,7 +86,8 @@ def _overview_png(scan: Scan, masks: np.ndarray, model: Model, summary: dict) ->
               else ", ".join(f"{name} {value} px" for name, value in summary["tumor_pixels"].items()))
     description = model.description
     title = (f"{scan.name}: {description['architecture']} trained on {description['dataset']} "
-             f"(val Dice {description['val_case_dice']:.3f}); predicted tumor {amount}")
+             f"(val Dice {description['val_case_dice']:.3f}); predicted tumor {amount}"
+             + (" - a model of the synthetic sample: says nothing about real scans" if model.trained_on_sample else ""))
     numbers = scan.slice_numbers or list(range(len(masks)))
     title = fit_title(title, inches=10, points=10)
     figure = overview_figure(scan.image[:, channel], masks, numbers, model.targets, title)
