@@ -9,7 +9,8 @@ Linux's autogroup scheduling weighs equally). One thread fewer then runs faster 
 ThreadTuner measures rather than guesses from the load: it times the training steps in windows of
 a few seconds and now and then tries a neighbouring thread count for one window, keeping it only
 when it runs faster by a margin. A trial that loses makes the next one wait twice as long (up to
-`longest_wait_s`), so a machine left alone pays about 1% for the trials. The thread count changes
+`longest_wait_s`), so a machine left alone pays about 1% for the trials; a window 30% slower than
+the last at the same count starts a trial at once (a process arriving slows two threads 8x). The thread count changes
 the bits of the result (a convolution sums in another order), not its quality: runs that must be
 bit-identical keep it off.
 """
@@ -53,12 +54,13 @@ class ThreadTuner:
         elapsed = now - self.window_start
         if elapsed < self.window_s or self.most == 1:
             return
-        self.rates[self.threads] = self.steps / elapsed
+        rate, before = self.steps / elapsed, self.rates.get(self.threads)
+        self.rates[self.threads] = rate
         self.window_start, self.steps = now, 0
         if self.trial_from is not None:
             self._judge_trial(now)
-        elif now >= self.next_trial:
-            self._start_trial()
+        elif now >= self.next_trial or (before is not None and rate < before * (1 - 3 * self.margin)):
+            self._start_trial()  # on time, or at once when the steps slowed by 30%: the machine changed
 
     def _start_trial(self) -> None:
         candidate = self.threads + self.direction
