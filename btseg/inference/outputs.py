@@ -1,6 +1,7 @@
-"""bts-predict's outputs: masks back on the input's geometry (NIfTI: its own orientation and affine),
-overlays for images, and a JSON summary per scan, written so that a failure leaves nothing that
-looks complete.
+"""bts-predict's outputs: masks back on the input's geometry (NIfTI: its own orientation and affine;
+DICOM: a NIfTI mask on the series' geometry and a DICOM SEG referencing the series), overlays for
+images, an overview picture for volumes, and a JSON summary per scan, written so that a failure
+leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from btseg.decisions.postprocess import apply_rule
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import fit_title, overlay, overview_figure
 from btseg.fileio import atomic_file
+from btseg.inference import dicom
 from btseg.inference.inputs import Scan
 from btseg.inference.model import Model
 
@@ -38,7 +40,7 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     volume = pd.DataFrame({"case_id": scan.name, "slice_index": np.arange(len(probabilities))})
     masks = apply_rule(probabilities > model.threshold, volume, model.postprocess)
     files: dict[Path, object] = {}
-    if scan.kind == "nifti":
+    if scan.kind in ("nifti", "dicom"):
         labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)
         canonical = np.moveaxis(labels if labels.ndim == 3 else np.moveaxis(labels, 1, -1), 0, scan.axis)
         data = nifti.from_canonical(canonical, scan.reference.affine)  # the input's own orientation
@@ -46,6 +48,11 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         header.set_data_dtype(np.uint8)
         mask = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)
         files[folder / f"{scan.name}_mask.nii.gz"] = mask
+    if scan.kind == "dicom":  # each target on the series' own voxels (the NIfTI mask's array axes)
+        per_target = np.stack([nifti.from_canonical(np.moveaxis(masks[:, k], 0, scan.axis), scan.reference.affine)
+                               for k in range(len(model.targets))])
+        files[folder / f"{scan.name}_seg.dcm"] = dicom.seg_bytes(scan.dicom, per_target, model.targets,
+                                                                 model.description, model.trained_on_sample)
     else:
         for i, source in enumerate(scan.sources):
             rgb = overlay(scan.image[i, 0], masks[i, 0], masks[i, 0])
@@ -65,6 +72,10 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     }
     if model.trained_on_sample:
         summary["warning"] = SAMPLE_WARNING
+    if scan.dicom is not None:
+        summary["dicom_series"] = [{"sequence": channel, "series_instance_uid": s.uid, "series_number": s.number,
+                                    "series_description": s.description, "files": len(s.files)}
+                                   for channel, s in scan.dicom.series]
     if scan.voxel_ml is not None:
         summary["tumor_volume_ml"] = {name: round(int(masks[:, k].sum()) * scan.voxel_ml, 4)
                                       for k, name in enumerate(model.targets)}

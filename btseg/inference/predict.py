@@ -1,9 +1,12 @@
 """Predict tumor masks on new scans with a trained model: `python -m btseg.inference.predict MODEL INPUT... --out DIR`.
 
-INPUT is a BraTS case folder or NIfTI files (one per sequence), BraTS .h5 slices (a folder of them is
-grouped by volume), or PNG/JPG/TIF images; folders are searched recursively. Each input gets its
-mask(s) in its own geometry (NIfTI with the input's affine and header; PNG mask + overlay for slices
-and images) and a JSON summary. A bad input is reported in one line; the others are still processed.
+INPUT is a BraTS case folder or NIfTI files (one per sequence), DICOM series (a folder of them: one
+case per series, or per study for a multi-sequence model, each sequence's series found by its
+SeriesDescription), BraTS .h5 slices (a folder of them is grouped by volume), or PNG/JPG/TIF images;
+folders are searched recursively. Each input gets its mask(s) in its own geometry (NIfTI with the
+input's affine and header; for DICOM also a DICOM SEG referencing the series; PNG mask + overlay for
+slices and images), an overview picture of volumes and a JSON summary. A bad input is reported in one
+line; the others are still processed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from btseg.errors import PipelineError, run_stage
+from btseg.inference.dicom import SEQUENCE_RULES, parse_rules
 from btseg.inference.inputs import find_scans, output_folders, read_scan
 from btseg.inference.model import load_model, predict_scan
 from btseg.inference.outputs import SAMPLE_WARNING, write_outputs
@@ -34,7 +38,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto (default): bf16 on GPUs and on CPUs with bf16 units (AVX-512 BF16, AMX), "
                              "fp32 elsewhere; fp32: the same bits as an fp32 run elsewhere")
+    parser.add_argument("--sequence-rule", action="append", default=[], metavar="NAME=REGEX",
+                        help="DICOM: the SeriesDescription rule (regular expression, any case) of sequence NAME, "
+                             "tried before the built-in ones (" + ", ".join(f"{k}: {v}" for k, v in
+                                                                            SEQUENCE_RULES.items()) + ")")
     args = parser.parse_args(argv)
+    rules = parse_rules(args.sequence_rule)
     try:
         device = pick_device(args.device)
     except RuntimeError as error:
@@ -44,7 +53,7 @@ def main(argv: Sequence[str]) -> None:
     model = load_model(args.model)
     if model.trained_on_sample:
         log.warning("%s: %s", args.model, SAMPLE_WARNING)
-    groups, problems = find_scans(args.inputs, model, args.out)
+    groups, problems = find_scans(args.inputs, model, args.out, rules)
     log.info("predicting on %s", describe_run(what_runs(args.precision, True, device), args.precision))
     done = 0
     for group, folder in zip(groups, output_folders(groups)):
@@ -60,7 +69,7 @@ def main(argv: Sequence[str]) -> None:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not groups and not problems:
-        raise PipelineError(f"no inputs found in {[str(p) for p in args.inputs]} (NIfTI, .h5, PNG/JPG/TIF)")
+        raise PipelineError(f"no inputs found in {[str(p) for p in args.inputs]} (NIfTI, DICOM, .h5, PNG/JPG/TIF)")
     log.info("%d input(s) predicted into %s, %d failed", done, args.out, len(problems))
     if problems:
         sys.exit(1)
