@@ -172,6 +172,35 @@ def test_the_published_curves_change_only_when_a_run_has_finished(tmp_path):
     assert (published / "loss.csv").is_file()
 
 
+def test_without_an_importable_dvc_the_curves_are_the_same_files(tmp_path, monkeypatch, caplog):
+    """The GPU machine's image has dvclive's few DVC modules but not DVC's repository code: training there
+    writes the curves as anywhere outside a DVC repository, and says so."""
+    import sys
+    from pathlib import Path
+
+    from btseg.training.run import TrainingLog
+    from dvclive import Live
+
+    def curves(folder: Path) -> dict[str, str]:
+        log = TrainingLog(folder / "published", folder / "working", resuming=False)
+        for epoch, dice in ((1, 0.25), (2, 0.5)):
+            log({"epoch": epoch, "val_case_dice": dice, "val_case_iou": dice / 2, "learning_rate": 0.01,
+                 "train_loss": 1.0 / epoch, "val_loss": 0.9 / epoch})
+        log.end()
+        log.publish()
+        return {str(p.relative_to(folder / "published")): "\n".join(line.split("\t")[0] + line.split("\t")[-1]
+                                                                     for line in p.read_text().splitlines())
+                for p in sorted((folder / "published").rglob("*.tsv"))}  # the timestamp column left out
+
+    with_dvc = curves(tmp_path / "with")
+    monkeypatch.setattr(Live, "_init_dvc", Live._init_dvc)  # restored after the test
+    monkeypatch.setitem(sys.modules, "dvc.repo", None)  # `import dvc.repo` now raises ImportError
+    without = curves(tmp_path / "without")
+    assert "DVC cannot be imported here" in caplog.text
+    assert without == with_dvc and "plots/metrics/val_case_dice.tsv" in without
+    assert without["plots/metrics/val_case_dice.tsv"].splitlines()[1:] == ["00.25", "10.5"]
+
+
 def test_the_data_fingerprint_follows_content_not_modification_times(tmp_path):
     from btseg.training.run import data_fingerprint
 

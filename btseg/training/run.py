@@ -27,7 +27,7 @@ import yaml
 import btseg
 from btseg.config import Params, TrainParams
 from btseg.decisions.choose import component_sizes, decide_on_validation
-from btseg.errors import PipelineError
+from btseg.errors import PipelineError, one_line
 from btseg.fileio import atomic_dir, atomic_file, write_csv
 from btseg.models import create_model, write_model_file
 from btseg.models.prediction import describe_run, memory_format, pick_device, set_threads, what_runs
@@ -277,8 +277,22 @@ def open_live(folder: Path, resuming: bool):
 
     if not resuming and folder.exists():
         shutil.rmtree(folder)
+    try:
+        import dvc.repo  # noqa: F401, PLC0415 - what dvclive looks for a DVC repository with
+    except ImportError as error:  # an install without all of DVC (the GPU machine's image): log as outside a repo
+        log.warning("DVC cannot be imported here (%s): dvclive logs to %s as it does outside a DVC repository",
+                    one_line(error, 80), folder)
+        Live._init_dvc = _init_outside_dvc
     # dvcyaml=None: the plots are declared in our dvc.yaml; save_dvc_exp=False: DVC runs us, not the reverse
     return Live(dir=str(folder), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def _init_outside_dvc(live) -> None:
+    """What dvclive's Live._init_dvc leaves when it finds no DVC repository (dvclive 3.x), without importing
+    DVC for the search: an experiment name (only DVC experiments and Studio read it; neither exists
+    without DVC) and dvc.yaml's path (unused with dvcyaml=None)."""
+    live._exp_name = live._exp_name or "btseg-train"
+    live._dvc_file = live._init_dvc_file()
 
 
 def _check_git_for_dvclive() -> None:
