@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", default="unet")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
     model, contents = load_model_file(args.run / "models" / args.dataset / args.model / "model.pt")
     threshold, rule, tta = float(contents["threshold"]), str(contents["postprocess"]), bool(contents.get("tta", False))
@@ -47,7 +48,7 @@ def main() -> None:
     print("| split | cases | per-case Dice | precision | recall | predicted empty |\n|---|---|---|---|---|---|")
     for name in SPLITS:
         split = load_split(args.run / "data" / "slices" / args.dataset, name)
-        probabilities = predict_probabilities(model, split.images, pick_device("cpu"), tta=tta)
+        probabilities = predict_probabilities(model, split.images, pick_device(args.device), tta=tta)
         predicted = apply_rule(probabilities > threshold, split.index, rule)
         s = split_scores(predicted, np.asarray(split.masks), split.index)
         print(f"| {name} | {s['cases']} | {s['dice']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['empty']} |")

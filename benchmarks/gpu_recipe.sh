@@ -61,7 +61,7 @@ collect() {  # what comes back: small files only, one archive (refreshed at exit
   (cd "$PROJECT" && for m in models/*/*/model.pt; do [ -f "$m" ] && sha256sum "$m"; done > model.sha256
    cp "$WORK.gpu.txt" gpu.txt
    tar -czf "$OUT/$RECIPE.tgz.tmp" --ignore-failed-read params.yaml times.json logs metrics dvclive model.sha256 \
-     gpu.txt $(ls -d reports/*/*/evaluation/{per_case.csv,per_slice.csv,metrics_full.json,settings.json,threshold_sweep.csv} \
+     gpu.txt $(ls fit_gap.md 2>/dev/null) $(ls -d reports/*/*/evaluation/{per_case.csv,per_slice.csv,metrics_full.json,settings.json,threshold_sweep.csv} \
                reports/*/*/case_dice.csv 2>/dev/null) 2>/dev/null
    mv "$OUT/$RECIPE.tgz.tmp" "$OUT/$RECIPE.tgz")
   echo "== $OUT/$RECIPE.tgz: $(du -h "$OUT/$RECIPE.tgz" | cut -f1), $((SECONDS - START)) s since the call began"
@@ -79,6 +79,10 @@ timeout "${LIMIT:-540}" "$PY" benchmarks/run_recipe.py "$RECIPE" "$PROJECT" "dat
   preprocess.seed="${SPLIT:-7}" ${RECIPE_ARGS:-}
 RC=$?
 echo "== $RECIPE (exit $RC): $((SECONDS - START)) s"
+if [ "$RC" = 0 ] && [ "$DATASET" = tumor_coco ]; then  # how well it fits its own training boxes
+  timeout 180 "$PY" benchmarks/fit_gap.py "$PROJECT" --dataset tumor_coco --device auto > "$PROJECT/fit_gap.md" 2>&1
+  cat "$PROJECT/fit_gap.md"
+fi
 grep -h "epoch .*/\|best" "$PROJECT"/logs/train-*.log 2>/dev/null | tail -4
 "$PY" - "$PROJECT" <<'EOF'
 import json, sys

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${REHEARSAL:-/tmp/gpu-rehearsal}
 VENV=$ROOT/venv
-PY=${PY:-.venv/bin/python}
+HOST_PY=${PY:-.venv/bin/python}  # this machine's environment: packing, fetching wheels
 if [ -z "${KEEP_VENV:-}" ] || [ ! -x "$VENV/bin/python" ]; then
   rm -rf "$ROOT"; mkdir -p "$ROOT"
   python3 -m venv "$VENV"
@@ -19,14 +19,14 @@ if [ -z "${KEEP_VENV:-}" ] || [ ! -x "$VENV/bin/python" ]; then
     onnxruntime onnxscript -c constraints.txt
 fi
 rm -rf "$ROOT"/{archive,shards,call*,store,work,out,site,wheels}
-"$PY" - "$ROOT/archive" <<'EOF'
+"$HOST_PY" - "$ROOT/archive" <<'EOF'
 import sys
 from pathlib import Path
 from btseg.data import lgg
 lgg.write_sample(Path(sys.argv[1]), cases=10, slices_per_case=6, size=64, seed=3, duplicate_tree=False)
 EOF
-"$PY" benchmarks/gpu_pack.py pack lgg "$ROOT/archive" --out "$ROOT/shards" --shard-mib 0.06
-PYVER=3.11 WHEELS=$ROOT/wheels PY=$PY bash benchmarks/fetch_gpu_wheels.sh > "$ROOT/wheels.log" 2>&1
+"$HOST_PY" benchmarks/gpu_pack.py pack lgg "$ROOT/archive" --out "$ROOT/shards" --shard-mib 0.06
+PYVER=3.11 WHEELS=$ROOT/wheels PY=$HOST_PY bash benchmarks/fetch_gpu_wheels.sh > "$ROOT/wheels.log" 2>&1
 shards=("$ROOT"/shards/lgg-*.tar)
 [ ${#shards[@]} -ge 3 ] || { echo "expected 3 shards or more, got ${#shards[@]}"; exit 1; }
 export STORE=$ROOT/store WORK=$ROOT/work OUT=$ROOT/out SITE=$ROOT/site WHEELS=$ROOT/wheels PY=$VENV/bin/python
@@ -57,4 +57,14 @@ for f in params.yaml times.json metrics/lgg/unet.json reports/lgg/unet/evaluatio
   grep -qx "$f" "$ROOT/contents.txt" || { echo "missing from the results: $f"; cat "$ROOT/contents.txt"; exit 1; }
 done
 [ -s "$OUT/step-u32-b32.json" ] || { tail -5 "$OUT/step-u32-b32.log"; echo "the step bench wrote nothing"; exit 1; }
-echo "rehearsal passed: $(wc -l < "$ROOT/contents.txt") files in $OUT/lgg_gpu.tgz ($(du -h "$OUT/lgg_gpu.tgz" | cut -f1))"
+echo "lgg passed: $(wc -l < "$ROOT/contents.txt") files in $OUT/lgg_gpu.tgz ($(du -h "$OUT/lgg_gpu.tgz" | cut -f1))"
+# the COCO export the same way (the real excerpt's 18 images), on the machine that already holds the wheels
+"$HOST_PY" benchmarks/gpu_pack.py pack tumor_coco "${REALDATA:-../shared/realdata}/tumor_coco_sample" --size 64 \
+  --out "$ROOT/coco-shards" --shard-mib 0.3
+mkdir -p "$ROOT/call-coco"; cp "$ROOT"/coco-shards/* "$ROOT/call-coco/"
+DATASET=tumor_coco CARRIED=$ROOT/call-coco NO_WHEELS=1 NO_BENCH=1 RECIPE_ARGS="preprocess.size=64 train.epochs=2
+  train.warmup_epochs=1 train.base_channels=8 train.depth=3 train.batch_size=4 train.speed.compile=false
+  evaluate.tta=false" bash benchmarks/gpu_recipe.sh run coco_gpu
+tar -tzf "$OUT/coco_gpu.tgz" | grep -qx "reports/tumor_coco/unet/evaluation/per_case.csv" \
+  || { echo "coco_gpu: no per-case table came back"; exit 1; }
+echo "rehearsal passed: lgg_gpu and coco_gpu, shards to results, here on the CPU"

@@ -39,8 +39,8 @@ def _read_all(root: Path) -> dict:
 def test_unpacked_shards_read_as_the_source_flair_and_masks(archive, tmp_path):
     manifest = gpu_pack.pack("lgg", archive, tmp_path / "shards", shard_bytes=300_000)
     assert len(manifest["shards"]) >= 3  # several shards, patients dealt in order, none split
-    assert sum(len(s["cases"]) for s in manifest["shards"]) == manifest["cases"] == 6
-    assert all(s["bytes"] <= 300_000 or len(s["cases"]) == 1 for s in manifest["shards"])
+    assert sum(len(s["members"]) for s in manifest["shards"]) == manifest["members"] == 6
+    assert all(s["bytes"] <= 300_000 or len(s["members"]) == 1 for s in manifest["shards"])
     on_disk = json.loads((tmp_path / "shards/lgg.manifest.json").read_text())
     assert on_disk == manifest
     written = gpu_pack.unpack(tmp_path / "shards/lgg.manifest.json", tmp_path / "shards", tmp_path / "out")
@@ -65,3 +65,29 @@ def test_a_cut_or_missing_shard_is_named_and_nothing_is_unpacked(archive, tmp_pa
         f"{tmp_path / 'shards'}: missing {second.name}; SHA-256 differs from the manifest for {first.name} "
         f"(1000 bytes, expected {manifest['shards'][0]['bytes']}) (a transfer cut short?): send those shards again")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_coco_export_travels_at_the_recipes_size_with_its_polygons_scaled(tmp_path, realdata_coco):
+    """Shrunk to 320 px before travelling: the same images as shrinking at preprocessing (JPEG quality 95
+    costs about a grey level) and masks drawn from the scaled polygons on the shrunk 640 px masks' pixels."""
+    import cv2
+
+    from btseg.data import coco
+
+    manifest = gpu_pack.pack("tumor_coco", realdata_coco, tmp_path / "shards", shard_bytes=2**20, size=320)
+    gpu_pack.unpack(tmp_path / "shards/tumor_coco.manifest.json", tmp_path / "shards", tmp_path / "out")
+    source = [image for split in coco.SPLIT_FOLDERS for image in coco.read_split(realdata_coco, split)]
+    packed = [image for split in coco.SPLIT_FOLDERS for image in coco.read_split(tmp_path / "out", split)]
+    assert manifest["slices"] == len(packed) == len(source) > 0
+    overlaps, grey_errors = [], []
+    for original, small in zip(source, packed):
+        assert small.path.name == original.path.name and (small.width, small.height) == (320, 320)
+        grey, mask = coco.read_image(original)
+        small_grey, small_mask = coco.read_image(small)
+        expected = cv2.resize(grey[0], (320, 320), interpolation=cv2.INTER_AREA)
+        grey_errors.append(float(np.abs(small_grey[0] - expected).mean()))
+        shrunk = cv2.resize(mask[0].astype(np.float32), (320, 320), interpolation=cv2.INTER_AREA) > 0.5
+        if shrunk.any():
+            overlaps.append((shrunk & (small_mask[0] > 0)).sum() / (shrunk | (small_mask[0] > 0)).sum())
+    assert max(grey_errors) < 1.5
+    assert overlaps and min(overlaps) > 0.9 and np.mean(overlaps) > 0.95
