@@ -201,6 +201,8 @@ def test_files_that_are_not_series_are_sorted_out(tmp_path, volume):
     write_series(volume, AFFINES["axial RAS"], tmp_path / "mixed", description="AX FLAIR", series_number=1)
     write_series(volume, AFFINES["axial RAS"], tmp_path / "mixed" / "more", description="AX T2", series_number=2)
     (tmp_path / "mixed" / "broken.dcm").write_bytes(b"not dicom")
+    for path in sorted((tmp_path / "mixed" / "more").iterdir())[:2]:  # a Siemens export's names
+        path.rename(path.with_suffix(".IMA"))
     (tmp_path / "mixed" / "notes.txt").write_text("hello")
     _, read, ordered = _read(tmp_path / "mixed" / "more")
     source = dicom.DicomSource(ordered, read, [])

@@ -97,7 +97,8 @@ def find_series(files: list[Path]) -> tuple[list[Series], list[str]]:
     headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     problems = []
     for path in files:
-        if not (path.suffix.lower() == ".dcm" or (path.suffix == "" and is_dicom(path))):
+        # by content: exports name files IM0001, 1.2.840....dcm, or .IMA (Siemens)
+        if not (path.suffix.lower() == ".dcm" or _is_dicom(path)):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -120,6 +121,13 @@ def find_series(files: list[Path]) -> tuple[list[Series], list[str]]:
                              tuple(sorted(p for p, _ in members))))
     series.sort(key=lambda s: (s.patient, str(s.folder), s.number if s.number is not None else -1, s.uid))
     return series, problems
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        return is_dicom(path)
+    except OSError:
+        return False
 
 
 def parse_rules(given: list[str]) -> dict[str, str]:
