@@ -48,11 +48,11 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         header.set_data_dtype(np.uint8)
         mask = nib.Nifti1Image(data.astype(np.uint8), scan.reference.affine, header)
         files[folder / f"{scan.name}_mask.nii.gz"] = mask
-    if scan.kind == "dicom":  # each target on the series' own voxels (the NIfTI mask's array axes)
-        per_target = np.stack([nifti.from_canonical(np.moveaxis(masks[:, k], 0, scan.axis), scan.reference.affine)
-                               for k in range(len(model.targets))])
-        files[folder / f"{scan.name}_seg.dcm"] = dicom.seg_bytes(scan.dicom, per_target, model.targets,
-                                                                 model.description, model.trained_on_sample)
+        if scan.kind == "dicom":  # each target on the series' own voxels (the NIfTI mask's array axes)
+            per_target = np.stack([nifti.from_canonical(np.moveaxis(masks[:, k], 0, scan.axis), scan.reference.affine)
+                                   for k in range(len(model.targets))])
+            files[folder / f"{scan.name}_seg.dcm"] = dicom.seg_bytes(scan.dicom, per_target, model.targets,
+                                                                     model.description, model.trained_on_sample)
     else:
         for i, source in enumerate(scan.sources):
             rgb = overlay(scan.image[i, 0], masks[i, 0], masks[i, 0])
