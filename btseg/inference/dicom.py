@@ -163,7 +163,8 @@ def group_cases(series: list[Series], channels: list[str], rules: dict[str, str]
         for s in series:
             studies.setdefault((s.patient, s.study), []).append(s)
         for (patient, study), members in studies.items():
-            claims = {c: [s for s in members if sequence_of(s.description, rules) == wanted[c]] for c in channels}
+            named = [(s, sequence_of(s.description, rules)) for s in members]
+            claims = {c: [s for s, sequence in named if sequence == wanted[c]] for c in channels}
             where = common_folder([f for s in members for f in s.files])
             found = ", ".join(f"'{s.description}'" for s in members)
             bad = [f"no series for {c} (" + (f"rule /{rules[wanted[c]]}/)" if wanted[c] in rules else "no rule)")
@@ -231,9 +232,9 @@ def _check_pixels(datasets: list[pydicom.Dataset], where: str) -> None:
     if "PixelData" not in first and "FloatPixelData" not in first:
         raise PipelineError(f"{where}: {first.filename}: holds no pixel data")
     syntax = first.file_meta.get("TransferSyntaxUID") if hasattr(first, "file_meta") else None
-    for ds in datasets if syntax is not None and syntax.is_compressed else []:
+    if syntax is not None and syntax.is_compressed:  # one slice tells whether a decoder is here
         try:
-            ds.pixel_array  # noqa: B018  decoding is the test
+            first.pixel_array  # noqa: B018  decoding is the test (highdicom decodes every slice after)
         except (RuntimeError, NotImplementedError, ValueError) as error:
             raise PipelineError(f"{where}: pixel data compressed as {syntax.name} ({syntax}) cannot be decoded "
                                 f"here ({one_line(error, 200)})") from None
