@@ -52,9 +52,13 @@ def test_alone_it_keeps_every_core_and_its_trials_cost_about_a_percent():
 def test_beside_a_busy_process_it_drops_a_thread_and_takes_it_back_when_the_process_leaves():
     cpu = SimulatedCpu(busy_from=600, busy_until=1800)
     tuner = tuner_on(cpu)
-    cpu.train(tuner, 600)
+    alone_steps = cpu.train(tuner, 600)
     assert cpu.threads == 2
+    counts = tuner.take_counts()  # every step is counted once, at the count it ran with
+    assert sum(counts.values()) == alone_steps and counts[2] > 0.9 * alone_steps
     busy_steps = cpu.train(tuner, 1200)
+    counts = tuner.take_counts()
+    assert sum(counts.values()) == busy_steps and counts[1] > 0.9 * busy_steps
     # switched to one thread within the longest wait between trials, and stayed there
     switched = next(t for t, threads in cpu.trace if t >= 600 and threads == 1)
     assert switched - 600 <= 3 * tuner.window_s + 2 * STEP_S[(2, True)]  # at once, not at the next scheduled trial

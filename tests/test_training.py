@@ -14,7 +14,7 @@ from btseg.config import parse_params
 from btseg.models import create_model
 from btseg.models.prediction import pick_device, predict_probabilities
 from btseg.preprocessing.slices import SliceSet
-from btseg.training.loop import case_scores, fit
+from btseg.training.loop import case_scores, fit, steps_by_threads
 from tests.conftest import default_params
 
 
@@ -135,6 +135,25 @@ def test_every_training_option_changes_what_training_does(overrides, default_his
     history = _train_with(**overrides)
     assert len(history) == 2 and np.isfinite(history.train_loss).all()
     assert not np.allclose(history.train_loss, default_history.train_loss, rtol=0, atol=1e-7)
+
+
+def test_with_threads_following_the_load_every_epoch_says_how_many_steps_ran_at_each_thread_count():
+    train, val = circles(24, seed=1), circles(8, seed=2)  # 3 steps of 8 an epoch
+    raw = default_params()
+    raw["train"].update(epochs=2, batch_size=8, learning_rate=0.01, seed=0)
+    raw["train"]["speed"]["threads_follow_load"] = True
+    torch.manual_seed(0)
+    model = create_model("unet", in_channels=1, base_channels=4, depth=2)
+    threads = torch.get_num_threads()
+    history = fit(model, train, val, parse_params(raw).train, threshold=0.5, device=torch.device("cpu")).history
+    # seconds of training are too few for a trial: every step ran at the count it started with
+    assert list(history.steps_by_threads) == [{threads: 3}, {threads: 3}]
+    assert steps_by_threads(history) == {str(threads): 6}
+    # the tuner off: no column, nothing to sum; a run resumed from epochs logged before the column: those count 0
+    assert steps_by_threads(pd.DataFrame([{"epoch": 1, "train_loss": 0.5}])) == {}
+    mixed = pd.DataFrame([{"epoch": 1}, {"epoch": 2, "steps_by_threads": {2: 5, 1: 7}},
+                          {"epoch": 3, "steps_by_threads": {1: 4}}])
+    assert steps_by_threads(mixed) == {"1": 11, "2": 5}
 
 
 def test_loss_log_has_one_row_per_split_and_epoch_and_a_redone_epoch_replaces_its_rows(tmp_path):

@@ -13,7 +13,8 @@ needs the full unpickler to load is refused without ever being unpickled that wa
 - `best_epoch`, `val_case_dice`, `stopped_early`, `train_params`: how it was trained;
 - `data_meta`, `inference_meta`: what its training slices held and how images were prepared;
 - `ran`: what training ran on (device, precision and layout as train.speed resolved them there,
-  threads, torch.compile): train.speed's `auto` means bf16 on one CPU and fp32 on another.
+  threads, torch.compile, whether the thread count followed the machine's load and, if so, the
+  training steps run at each count): train.speed's `auto` means bf16 on one CPU and fp32 on another.
 """
 
 from __future__ import annotations

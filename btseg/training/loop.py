@@ -191,6 +191,22 @@ class TrainResult:
     stopped_early: bool
 
 
+def follows_load(config: TrainParams, device: torch.device, dist: Distributed) -> bool:
+    """Whether fit tunes its thread count to the machine's load (train.speed.threads_follow_load):
+    on a CPU, in a single process."""
+    return config.speed.threads_follow_load and device.type == "cpu" and dist.world == 1
+
+
+def steps_by_threads(history: pd.DataFrame) -> dict[str, int]:
+    """Training steps run at each thread count over a run, from its epochs' rows (fit with the tuner on);
+    the keys are strings, as they come back from JSON."""
+    total: dict[int, int] = {}
+    for counts in history.get("steps_by_threads", pd.Series(dtype=object)):
+        for threads, steps in (counts if isinstance(counts, dict) else {}).items():  # epochs run before: none
+            total[int(threads)] = total.get(int(threads), 0) + int(steps)
+    return {str(threads): total[threads] for threads in sorted(total)}
+
+
 def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *, threshold: float,
         device: torch.device, checkpoint: Path | None = None, identity: dict | None = None,
         on_epoch: Callable[[dict], None] | None = None, dist: Distributed = SINGLE, tta: bool = False) -> TrainResult:
@@ -209,8 +225,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     steps = len(plan)
     scheduler = make_scheduler(optimizer, config, steps)
     check_every = 1 if device.type == "cpu" else 32  # reading the loss back waits for the GPU: not at every step
-    tuner = (ThreadTuner(torch.get_num_threads())
-             if config.speed.threads_follow_load and device.type == "cpu" and dist.world == 1 else None)
+    tuner = ThreadTuner(torch.get_num_threads()) if follows_load(config, device, dist) else None
     key = fingerprint(config, identity or {})
     history: list[dict] = []
     best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
@@ -257,7 +272,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         train_loss = epoch_loss if dist.world == 1 else dist.mean(epoch_loss)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_case_dice": val_dice,
                "val_case_iou": val_iou, "learning_rate": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started,
+               **({} if tuner is None else {"steps_by_threads": tuner.take_counts()})}
         history.append(row)
         if config.schedule == "plateau":
             scheduler.step(val_dice)

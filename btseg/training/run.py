@@ -34,7 +34,7 @@ from btseg.models.prediction import describe_run, memory_format, pick_device, se
 from btseg.preprocessing.slices import SliceSet, load_split
 from btseg.training.checkpoint import fingerprint, matching_checkpoint
 from btseg.training.folds import fold_sets
-from btseg.training.loop import SINGLE, Distributed, Diverged, fit, unwrap
+from btseg.training.loop import SINGLE, Distributed, Diverged, fit, follows_load, steps_by_threads, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     resuming = matching_checkpoint(checkpoint, fingerprint(config, identity)) is not None
     live = TrainingLog(live_dir, checkpoint.parent / "dvclive", resuming) if dist.writer else None
-    ran = what_runs(config.speed.precision, config.speed.channels_last, device) | {"compile": config.speed.compile}
+    ran = what_runs(config.speed.precision, config.speed.channels_last, device) | {
+        "compile": config.speed.compile, "threads_follow_load": follows_load(config, device, dist)}
     log.info("%s on %s: %d train / %d val slices; runs on %s%s", model_name, dataset, len(train_split.images),
              len(val_split.images), describe_run(ran, config.speed.precision),
              ", torch.compile" if config.speed.compile else "")
@@ -93,6 +94,8 @@ def train_model(dataset: str, model_name: str, slices: Path, out: Path, live_dir
     live.publish()
     model = unwrap(model)
     model.load_state_dict(result.best_state)
+    if ran["threads_follow_load"]:
+        ran["steps_by_threads"] = steps_by_threads(result.history)
     min_sizes = component_sizes(params.evaluate, train_split)
     decision, rule = decide_on_validation(model, val_split, params.evaluate, min_sizes, device, config)
     save_model_file(out / "model.pt", model_name, model_args, result, decision, rule, min_sizes, params.evaluate.tta,

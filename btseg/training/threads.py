@@ -39,7 +39,13 @@ class ThreadTuner:
         self.trial_from: int | None = None  # the count a trial window started from
         self.window_start: float | None = None
         self.steps = 0
+        self.steps_by_threads: dict[int, int] = {}  # training steps run at each thread count, until taken
         self.next_trial = clock() + wait_s
+
+    def take_counts(self) -> dict[int, int]:
+        """The steps run at each thread count since the last call (an epoch's, for its log row)."""
+        counts, self.steps_by_threads = dict(sorted(self.steps_by_threads.items())), {}
+        return counts
 
     def pause(self) -> None:
         """Forget the unfinished window: time spent outside training steps is no step's."""
@@ -47,6 +53,7 @@ class ThreadTuner:
 
     def step_done(self) -> None:
         now = self.clock()
+        self.steps_by_threads[self.threads] = self.steps_by_threads.get(self.threads, 0) + 1
         if self.window_start is None:  # the first step after a pause only starts the clock
             self.window_start, self.steps = now, 0
             return

@@ -62,8 +62,10 @@ def test_every_reader_gets_the_same_network_and_decisions(project, tmp_path):
     speed = params.train.speed
     bf16 = speed.precision == "bf16" or (speed.precision == "auto" and bool(flags & {"avx512_bf16", "amx_bf16"}))
     expected = {"device": "cpu", "precision": "bf16" if bf16 else "fp32",
-                "layout": "channels_last" if speed.channels_last else "contiguous", "compile": speed.compile}
+                "layout": "channels_last" if speed.channels_last else "contiguous", "compile": speed.compile,
+                "threads_follow_load": speed.threads_follow_load}
     assert {k: contents["ran"][k] for k in expected} == expected
+    assert ("steps_by_threads" in contents["ran"]) == speed.threads_follow_load
     assert settings["trained_on"] == contents["ran"] and settings["ran"]["precision"] == expected["precision"]
     # bts-export writes the same network as a program that needs only PyTorch
     result = run_in(project, "btseg.inference.export", str(model_file), "--out", str(tmp_path / "unet.pt2"))
