@@ -201,7 +201,7 @@ def steps_by_threads(history: pd.DataFrame) -> dict[str, int]:
     """Training steps run at each thread count over a run, from its epochs' rows (fit with the tuner on);
     the keys are strings, as they come back from JSON."""
     total: dict[int, int] = {}
-    for counts in history.get("steps_by_threads", pd.Series(dtype=object)):
+    for counts in history.get("steps_by_threads", []):
         for threads, steps in (counts if isinstance(counts, dict) else {}).items():  # epochs run before: none
             total[int(threads)] = total.get(int(threads), 0) + int(steps)
     return {str(threads): total[threads] for threads in sorted(total)}
