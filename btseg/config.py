@@ -113,6 +113,7 @@ class TrainParams(Section):
     warmup_epochs: Annotated[int, Field(ge=0)]
     plateau_patience: PositiveInt
     grad_clip: Annotated[float, Field(ge=0.0)]
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)]  # validate and keep a moving average of the weights; 0 = off
     early_stopping_patience: Annotated[int, Field(ge=0)]
     loss: LossName
     dice_weight: Annotated[float, Field(ge=0.0, le=1.0)]

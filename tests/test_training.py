@@ -242,3 +242,60 @@ def test_the_data_fingerprint_follows_content_not_modification_times(tmp_path):
     values[-1] = -1  # inside the last chunk
     np.save(copy / "val" / "images.npy", values)
     assert data_fingerprint(copy, sample_chunks=4, chunk_bytes=64) != sampled
+
+
+def test_the_weight_average_follows_the_hand_computed_recurrence():
+    from btseg.training.loop import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    weight, batches = model[0].weight, model[1].num_batches_tracked
+    with torch.no_grad():
+        weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.5)
+    kept = average.model[0].weight
+    # d = min(0.5, (1 + n) / (10 + n)): 2/11 after the first step, 3/12 after the second, 0.5 from the ninth
+    for value, expected, steps in ((11.0, 9.0, 3), (21.0, 0.25 * 9.0 + 0.75 * 21.0, 7)):
+        with torch.no_grad():
+            weight.fill_(value)
+            batches.fill_(steps)
+        average.update()
+        assert kept.item() == pytest.approx(expected)
+        assert int(average.model[1].num_batches_tracked) == steps  # integer state is copied, not averaged
+    for _ in range(6):
+        average.update()  # n = 3 .. 8: the weight stays at 21, the average closes in on it
+    assert weight.item() == 21.0 and 18.0 < kept.item() < 21.0
+    before = kept.item()
+    average.update()  # n = 9: (1 + 9) / (10 + 9) > 0.5, so the decay is 0.5
+    assert kept.item() == pytest.approx(0.5 * before + 0.5 * 21.0)
+    # the model itself is untouched, and the copy takes no gradients
+    assert weight.item() == 21.0 and not kept.requires_grad
+    # what a checkpoint keeps brings the same average back
+    again = WeightAverage(model, decay=0.5)
+    again.restore(average.state())
+    assert again.updates == 9 and again.model[0].weight.item() == kept.item()
+
+
+@pytest.mark.slow
+def test_with_a_weight_average_training_follows_the_same_path_and_keeps_the_average():
+    train, val = circles(16, seed=1), circles(8, seed=2)
+
+    def run(decay: float):
+        torch.manual_seed(0)
+        model = create_model("unet", in_channels=1, base_channels=4, depth=2)
+        config = train_config(epochs=3, batch_size=8, learning_rate=0.01, seed=0, ema_decay=decay)
+        return model, fit(model, train, val, config, threshold=0.5, device=torch.device("cpu"))
+
+    raw_model, raw = run(0.0)
+    averaged_model, averaged = run(0.9)
+    # the optimiser's path does not read the average: the same training losses, the same last weights
+    np.testing.assert_array_equal(averaged.history.train_loss, raw.history.train_loss)
+    for name, tensor in raw_model.state_dict().items():
+        assert torch.equal(tensor, averaged_model.state_dict()[name]), name
+    # what was validated and kept is the average: other validation losses, weights unlike the last step's
+    assert not np.allclose(averaged.history.val_loss, raw.history.val_loss, rtol=0, atol=1e-7)
+    conv = next(name for name in averaged.best_state if name.endswith("weight"))
+    assert not torch.equal(averaged.best_state[conv], averaged_model.state_dict()[conv])
+    # and the kept weights reproduce the validation Dice they were chosen by
+    averaged_model.load_state_dict(averaged.best_state)
+    again = case_scores(predict_probabilities(averaged_model, val.images, torch.device("cpu")), val, 0.5)[0]
+    assert again == pytest.approx(averaged.best_val_dice)

@@ -1,7 +1,7 @@
 """The training checkpoint (checkpoint.pt): the last finished epoch, so a killed run resumes.
 
-It holds the model, optimiser and scheduler state dicts, the best epoch's weights, the history and
-the early-stopping count: tensors and plain values only, written atomically and read back with
+It holds the model, optimiser and scheduler state dicts, the moving average of the weights
+(train.ema_decay), the best epoch's weights, the history and the early-stopping count: tensors and plain values only, written atomically and read back with
 PyTorch's safe loader (`weights_only=True`) like every torch file this pipeline reads, so a
 checkpoint from someone else cannot run code. No RNG state is kept: every epoch reseeds from
 (train.seed, epoch), which is what makes a resumed run end with the same weights.
@@ -37,10 +37,12 @@ def fingerprint(config: TrainParams, extra: dict) -> str:
 
 
 def save_checkpoint(path: Path, key: str, epoch: int, model, optimizer, scheduler, history: list[dict],
-                    best_dice: float, best_epoch: int, best_state: dict | None, stale: int) -> None:
+                    best_dice: float, best_epoch: int, best_state: dict | None, stale: int,
+                    average: dict | None = None) -> None:
     state = {CHECKPOINT_KEY: key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict() if scheduler is not None else None, "history": history,
-             "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state, "stale": stale}
+             "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state, "stale": stale,
+             "average": average}
     with atomic_file(path) as partial:
         torch.save(state, partial)
 

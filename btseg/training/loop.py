@@ -13,6 +13,7 @@ same weights as an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -116,6 +117,43 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams, steps_
     return None
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics (train.ema_decay),
+    kept in a copy of the model that validation scores and the model file keeps.
+
+    After the n-th step every floating-point entry of the state moves as
+    `average = d * average + (1 - d) * current` with `d = min(decay, (1 + n) / (10 + n))`, so the
+    first steps' random weights fade quickly; integer entries (batch-norm step counts) are copied.
+    Training itself never reads the average: the optimiser's path is the same with it or without.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        # the copy's own tensors (state_dict shares their storage): moving them in place moves the copy
+        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floating = [(a, c) for a, c in self._pairs if a.is_floating_point()]
+        if floating:
+            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - decay)
+        for average, current in self._pairs:
+            if not average.is_floating_point():
+                average.copy_(current)
+
+    def state(self) -> dict:
+        return {"updates": self.updates, "state_dict": self.model.state_dict()}
+
+    def restore(self, saved: dict) -> None:
+        self.updates = int(saved["updates"])
+        self.model.load_state_dict(saved["state_dict"])
+
+
 class Stepper:
     """One optimisation step exactly as `fit` runs it (benchmarks/bench.py times this same object).
 
@@ -138,6 +176,8 @@ class Stepper:
         self.forward = torch.compile(model) if speed.compile else model  # shares the parameters with `model`
         self.precision_setting = speed.precision
         self.precision = autocast_dtype(speed.precision, device)
+        # after placing the model: the average lives on the same device, in the same layout
+        self.average = WeightAverage(unwrap(model), config.ema_decay) if config.ema_decay > 0 else None
 
     def forward_backward(self, images: torch.Tensor, masks: torch.Tensor, augmenter: DeviceAugmenter | None = None,
                          epoch: int = 0, batch: int = 0) -> torch.Tensor:
@@ -158,6 +198,13 @@ class Stepper:
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
+
+    @property
+    def kept(self) -> nn.Module:
+        """The model validation scores and the best epoch keeps: the weight average, or the model itself."""
+        return unwrap(self.model) if self.average is None else self.average.model
 
 
 def augments_on_device(setting: str, device: torch.device) -> bool:
@@ -213,7 +260,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     """Train with early stopping on validation Dice, keeping the best epoch's weights.
 
     Validation Dice is the mean per-case Dice at `threshold` (with `tta`, of the flip-averaged
-    predictions), the number evaluate reports.
+    predictions), the number evaluate reports. With train.ema_decay the weights validated and kept
+    are the moving average of the weights (WeightAverage), not the last step's.
     With `checkpoint`, each epoch is saved there and a matching checkpoint is resumed.
     `on_epoch` receives each epoch's row of the history (for dvclive). Under torchrun (`dist`), the
     model is DistributedDataParallel, each process trains on its shard with batch_size / world,
@@ -226,6 +274,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
     scheduler = make_scheduler(optimizer, config, steps)
     check_every = 1 if device.type == "cpu" else 32  # reading the loss back waits for the GPU: not at every step
     tuner = ThreadTuner(torch.get_num_threads()) if follows_load(config, device, dist) else None
+    if stepper.average is not None:
+        log.info("validating and keeping a moving average of the weights (train.ema_decay %g)", config.ema_decay)
     key = fingerprint(config, identity or {})
     history: list[dict] = []
     best_dice, best_epoch, best_state, stale, start = -1.0, 0, None, 0, 1
@@ -236,6 +286,8 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
+        if stepper.average is not None:
+            stepper.average.restore(saved["average"])
         history, best_dice, best_epoch, best_state, stale = (saved["history"], saved["best_dice"], saved["best_epoch"],
                                                              saved["best_state"], saved["stale"])
         start = saved["epoch"] + 1
@@ -267,7 +319,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
             if config.schedule == "onecycle":
                 scheduler.step()
         # every process scores the whole validation split with the same weights: the same decisions
-        val_loss, val_dice, val_iou = _validate(unwrap(model), val, loss_fn, threshold, device, config.speed, tta)
+        val_loss, val_dice, val_iou = _validate(stepper.kept, val, loss_fn, threshold, device, config.speed, tta)
         epoch_loss = float(torch.stack(losses).mean())
         train_loss = epoch_loss if dist.world == 1 else dist.mean(epoch_loss)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_case_dice": val_dice,
@@ -281,7 +333,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
             scheduler.step()
         if val_dice > best_dice:
             best_dice, best_epoch, stale = val_dice, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in stepper.kept.state_dict().items()}
         else:
             stale += 1
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val case Dice %.4f (%.1f s%s)", epoch, config.epochs,
@@ -290,7 +342,7 @@ def fit(model: nn.Module, train: SliceSet, val: SliceSet, config: TrainParams, *
         stopped_early = config.early_stopping_patience > 0 and stale >= config.early_stopping_patience
         if checkpoint is not None and dist.writer:
             save_checkpoint(checkpoint, key, epoch, unwrap(model), optimizer, scheduler, history, best_dice, best_epoch,
-                             best_state, stale)
+                            best_state, stale, None if stepper.average is None else stepper.average.state())
         if dist.world > 1:
             dist.barrier()  # the checkpoint is complete before any process can be killed into a resume
         if on_epoch is not None and dist.writer:

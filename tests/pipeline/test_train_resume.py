@@ -24,7 +24,9 @@ stage = run_in
 
 @pytest.fixture
 def projects(tmp_path, params_dict) -> tuple[Path, Path]:
-    params_dict["train"].update(epochs=40, base_channels=8, batch_size=2, schedule="cosine", warmup_epochs=2)
+    # with a weight average: the resumed run must bring it back too
+    params_dict["train"].update(epochs=40, base_channels=8, batch_size=2, schedule="cosine", warmup_epochs=2,
+                                ema_decay=0.99)
     params_dict["train"]["augment"].update(affine=0.5, noise=0.3)  # resumed augmentation must match too
     params_dict["data"]["datasets"] = ["tumor_coco"]
     first = tmp_path / "uninterrupted"
