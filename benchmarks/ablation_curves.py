@@ -7,6 +7,11 @@ the figure behind the stability ablation in docs/results.md. With --minutes, aga
 
 Each RUN folder is a project folder after the train stage; its dvclive log
 (dvclive/<dataset>/<model>/plots/metrics/val_case_dice.tsv) is read. Prints a markdown table.
+A label `PANEL: LABEL` draws the run in a panel of its own per PANEL (one per patient split, say),
+each LABEL in the same colour in every panel:
+
+    python benchmarks/ablation_curves.py --out docs/figures/lgg_cpu_weight_average.png \
+        "split 13: raw weights=RUN_A" "split 13: weight average=RUN_B" "split 17: raw weights=RUN_C" ...
 """
 
 from __future__ import annotations
@@ -34,11 +39,15 @@ def main() -> None:
     parser.add_argument("--minutes", action="store_true", help="x axis: training minutes, not epochs")
     args = parser.parse_args()
 
-    figure, axis = plt.subplots(figsize=(8, 4.2))
+    runs = [(*panel_and_label(spec.partition("=")[0]), spec.partition("=")[2]) for spec in args.runs]
+    panels = list(dict.fromkeys(panel for panel, _, _ in runs))
+    colours = {label: f"C{k}" for k, label in enumerate(dict.fromkeys(label for _, label, _ in runs))}
+    figure, axes = plt.subplots(1, len(panels), figsize=(8 if len(panels) == 1 else 4.2 * len(panels), 4.2),
+                                sharey=True, squeeze=False)
     print("| run | epochs | val Dice (first -> last) | largest drop between two epochs | epochs of that drop |")
     print("|---|---|---|---|---|")
-    for spec in args.runs:
-        label, _, folder = spec.partition("=")
+    for panel, label, folder in runs:
+        axis = axes[0, panels.index(panel)]
         log = Path(folder) / "dvclive" / args.dataset / args.model / "plots/metrics/val_case_dice.tsv"
         curve = pd.read_csv(log, sep="\t")
         if args.epochs:
@@ -47,17 +56,31 @@ def main() -> None:
         drops = dice[:-1] - dice[1:]
         worst = int(drops.argmax())
         x = minutes(Path(folder), args.dataset, args.model)[epochs - 1] if args.minutes else epochs
-        axis.plot(x, dice, marker="o", markersize=3, label=f"{label} (largest drop {drops[worst]:.2f})")
-        print(f"| {label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} "
+        axis.plot(x, dice, marker="o", markersize=3, color=colours[label],
+                  label=f"{label} (largest drop {drops[worst]:.2f})")
+        if panel:
+            axis.set_title(panel)
+        print(f"| {panel + ': ' if panel else ''}{label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} "
               f"| {epochs[worst]} -> {epochs[worst] + 1} |")
-    axis.set(xlabel="training minutes" if args.minutes else "epoch", ylabel="validation per-case Dice", ylim=(0, 1),
-             title=args.title)
-    axis.legend(loc="lower right", fontsize=8)
-    axis.grid(alpha=0.3)
+    for axis in axes[0]:
+        axis.set(xlabel="training minutes" if args.minutes else "epoch", ylim=(0, 1))
+        axis.legend(loc="lower right", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("validation per-case Dice")
+    if panels == [""]:
+        axes[0, 0].set_title(args.title)
+    else:
+        figure.suptitle(args.title)
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)
     print(f"figure: {args.out}")
+
+
+def panel_and_label(text: str) -> tuple[str, str]:
+    """`PANEL: LABEL` -> (PANEL, LABEL); a label without a panel -> ("", label)."""
+    panel, colon, label = text.partition(": ")
+    return (panel, label) if colon else ("", text)
 
 
 def minutes(run: Path, dataset: str, model: str):

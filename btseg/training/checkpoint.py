@@ -1,10 +1,11 @@
 """The training checkpoint (checkpoint.pt): the last finished epoch, so a killed run resumes.
 
 It holds the model, optimiser and scheduler state dicts, the moving average of the weights
-(train.ema_decay), the best epoch's weights, the history and the early-stopping count: tensors and plain values only, written atomically and read back with
-PyTorch's safe loader (`weights_only=True`) like every torch file this pipeline reads, so a
-checkpoint from someone else cannot run code. No RNG state is kept: every epoch reseeds from
-(train.seed, epoch), which is what makes a resumed run end with the same weights.
+(train.ema_decay), the best epoch's weights, the history and the early-stopping count: tensors
+and plain values only, written atomically and read back with PyTorch's safe loader
+(`weights_only=True`) like every torch file this pipeline reads, so a checkpoint from someone else
+cannot run code. No RNG state is kept: every epoch reseeds from (train.seed, epoch), which is what
+makes a resumed run end with the same weights.
 
 `fingerprint` names every setting that changes the result; a checkpoint written with another one
 is not resumed (training starts over and says why).

@@ -140,7 +140,7 @@ class WeightAverage:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         floating = [(a, c) for a, c in self._pairs if a.is_floating_point()]
-        if floating:
+        if floating:  # one fused call for all tensors, as torch.optim.swa_utils' EMA does
             torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - decay)
         for average, current in self._pairs:
             if not average.is_floating_point():
