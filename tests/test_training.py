@@ -299,3 +299,27 @@ def test_with_a_weight_average_training_follows_the_same_path_and_keeps_the_aver
     averaged_model.load_state_dict(averaged.best_state)
     again = case_scores(predict_probabilities(averaged_model, val.images, torch.device("cpu")), val, 0.5)[0]
     assert again == pytest.approx(averaged.best_val_dice)
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_the_weight_average_keeps_following_after_prediction_moves_its_copy(name):
+    # prediction puts the model in channels_last; ResU-Net's 1-channel 1x1 shortcut (16, 1, 1, 1) gets
+    # new storage there, and an average that kept the old tensor froze that weight at the first validation
+    from btseg.training.loop import Stepper
+
+    raw = default_params()
+    raw["train"].update(ema_decay=1e-9, learning_rate=0.01)  # a decay of ~0: the average is the last step
+    raw["train"]["speed"]["channels_last"] = True
+    config = parse_params(raw).train
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, base_channels=16, depth=2)
+    stepper = Stepper(model, config, torch.device("cpu"))
+    images, masks = torch.randn(4, 1, 32, 32), (torch.rand(4, 1, 32, 32) > 0.8).float()
+    for _ in range(2):
+        predict_probabilities(stepper.kept, images.numpy(), torch.device("cpu"), channels_last=True)
+        for _ in range(2):
+            stepper.forward_backward(images, masks)
+            stepper.update()
+    average, current = stepper.kept.state_dict(), model.state_dict()
+    moved = [key for key in current if not torch.allclose(average[key].float(), current[key].float(), atol=1e-6)]
+    assert not moved

@@ -128,21 +128,22 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.updates = decay, 0
+        self.decay, self.updates, self.source = decay, 0, model
         self.model = copy.deepcopy(model).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
-        # the copy's own tensors (state_dict shares their storage): moving them in place moves the copy
-        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floating = [(a, c) for a, c in self._pairs if a.is_floating_point()]
+        # looked up at every step, never kept: moving a module (prediction puts it in channels_last)
+        # may give a tensor new storage, and a kept reference would then move a tensor no longer used
+        pairs = list(zip(_tensors(self.model), _tensors(self.source), strict=True))
+        floating = [(a, c) for a, c in pairs if a.is_floating_point()]
         if floating:  # one fused call for all tensors, as torch.optim.swa_utils' EMA does
             torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - decay)
-        for average, current in self._pairs:
+        for average, current in pairs:
             if not average.is_floating_point():
                 average.copy_(current)
 
@@ -152,6 +153,11 @@ class WeightAverage:
     def restore(self, saved: dict) -> None:
         self.updates = int(saved["updates"])
         self.model.load_state_dict(saved["state_dict"])
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers, in their fixed order (a copy of the module lists its own alike)."""
+    return [*module.parameters(), *module.buffers()]
 
 
 class Stepper:
