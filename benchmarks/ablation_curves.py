@@ -60,7 +60,8 @@ def main() -> None:
                   label=f"{label} (largest drop {drops[worst]:.2f})")
         if panel:
             axis.set_title(panel)
-        print(f"| {panel + ': ' if panel else ''}{label} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} "
+        name = f"{panel}: {label}" if panel else label
+        print(f"| {name} | {len(dice)} | {dice[0]:.3f} -> {dice[-1]:.3f} | {drops[worst]:.3f} "
               f"| {epochs[worst]} -> {epochs[worst] + 1} |")
     for axis in axes[0]:
         axis.set(xlabel="training minutes" if args.minutes else "epoch", ylim=(0, 1))
