@@ -19,11 +19,18 @@ from tests.conftest import REPO, tiny_params
 pytestmark = pytest.mark.slow
 
 
+def project_env(env_extra: dict | None = None) -> dict:
+    """The environment of a command in a test project: the stages' `python` is this interpreter, its
+    virtual environment activated or not."""
+    return {**os.environ, "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            **(env_extra or {})}
+
+
 def sh(project: Path, *args: str, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in the project; `dvc` and the stages' `python` are this interpreter's, activated or not."""
-    env = {**os.environ, "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]), **(env_extra or {})}
+    env = project_env(env_extra)
     command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else list(args)
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode:

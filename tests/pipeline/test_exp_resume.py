@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO, tiny_params
-from tests.pipeline.test_dvc_flow import sh
+from tests.pipeline.test_dvc_flow import project_env, sh
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,8 @@ def test_an_interrupted_experiment_resumes_and_ends_as_an_uninterrupted_one(proj
 
     # as `timeout -s TERM ... dvc exp run` does: SIGTERM to DVC once some epochs are saved
     command = [sys.executable, "-m", "dvc", "exp", "run", "-S", f"train.epochs={EPOCHS}"]
-    process = subprocess.Popen(command, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=project, env=project_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
         try:
