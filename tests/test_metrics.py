@@ -465,6 +465,16 @@ def test_smoothed_threshold_prefers_a_plateau_to_a_lone_peak_at_the_edge():
     np.testing.assert_allclose(sweep.smoothed, [0.7, 2.2 / 3, 2.3 / 3, 2.35 / 3, 0.775])
 
 
+def test_the_chosen_thresholds_own_val_dice_is_reported_not_the_grids_best():
+    from btseg.decisions.thresholds import case_dice_at, pick_threshold
+
+    sweep = pd.DataFrame({"threshold": [0.1, 0.3, 0.5, 0.7, 0.9], "case_dice": [0.6, 0.8, 0.8, 0.7, 0.85]})
+    chosen = pick_threshold(sweep, smooth=True)
+    assert case_dice_at(sweep, chosen) == 0.7  # what 0.7 delivers on val, not the 0.85 of 0.9
+    assert case_dice_at(sweep, 0.30000000000000004) == 0.8  # grid values read back from float arithmetic
+    assert case_dice_at(sweep, 0.45) is None  # a threshold decided under another grid
+
+
 def test_headline_keeps_the_numbers_people_compare():
     from btseg.scoring.metrics import headline
 

@@ -13,7 +13,7 @@ import torch
 
 from btseg.config import EvaluateParams, TrainParams
 from btseg.decisions.postprocess import choose_postprocess, sizes_within_tumors
-from btseg.decisions.thresholds import choose_threshold
+from btseg.decisions.thresholds import case_dice_at, choose_threshold
 from btseg.models.prediction import predict_probabilities
 from btseg.preprocessing.slices import SliceSet
 
@@ -30,7 +30,8 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings:
     if settings.threshold_from == "validation":
         threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
                                             settings.threshold_smoothing)
-        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f)", threshold, sweep.case_dice.max())
+        log.info("threshold %.2f chosen on val (mean per-case Dice %.4f there, best of the grid %.4f)", threshold,
+                 case_dice_at(sweep, threshold), sweep.case_dice.max())
     rule = "none"
     if settings.postprocess == "validation":
         rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))

@@ -90,3 +90,11 @@ def pick_threshold(sweep: pd.DataFrame, smooth: bool = False) -> float:
         sweep["smoothed"] = sums / counts
         score = sweep.smoothed
     return float(sweep.threshold[score.idxmax()])
+
+
+def case_dice_at(sweep: pd.DataFrame, threshold: float) -> float | None:
+    """The mean per-case Dice `sweep` gives `threshold` itself (None when it is not on the sweep's grid:
+    a model file decided under another grid): with smoothing the chosen threshold need not be the
+    sweep's best point, and its own score is what the decision delivers on val."""
+    at = sweep.case_dice[np.isclose(sweep.threshold, threshold)]
+    return None if at.empty else float(at.iloc[0])

@@ -25,7 +25,7 @@ import pandas as pd
 from btseg.config import Params
 from btseg.decisions.choose import validation_sweeps
 from btseg.decisions.postprocess import apply_rule
-from btseg.decisions.thresholds import precision_recall_curve
+from btseg.decisions.thresholds import case_dice_at, precision_recall_curve
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, write_json
 from btseg.models import load_model_file
@@ -71,7 +71,7 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
                                                  PR_THRESHOLDS).assign(target=name)
                           for k, name in enumerate(targets)], ignore_index=True)
     chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
-              "val_case_dice": None if sweep is None else float(sweep.case_dice.max()),
+              "val_case_dice": None if sweep is None else case_dice_at(sweep, threshold),
               "postprocess": rule, "tta": settings.tta, "ran": ran, "trained_on": contents.get("ran", {})}
     conventions = {"aggregation": AGGREGATION, "empty_mask_convention": EMPTY_MASK_CONVENTION,
                    "hd95_convention": HD95_CONVENTION, "hd95_unit": "px"}
