@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btseg.decisions.postprocess import apply_rule
+from btseg.decisions.postprocess import segment
 from btseg.models import load_model_file
 from btseg.models.prediction import pick_device, predict_probabilities
 from btseg.preprocessing.slices import load_split
@@ -49,7 +49,7 @@ def main() -> None:
     for name in SPLITS:
         split = load_split(args.run / "data" / "slices" / args.dataset, name)
         probabilities = predict_probabilities(model, split.images, pick_device(args.device), tta=tta)
-        predicted = apply_rule(probabilities > threshold, split.index, rule)
+        predicted = segment(probabilities, split.index, threshold, rule)
         s = split_scores(predicted, np.asarray(split.masks), split.index)
         print(f"| {name} | {s['cases']} | {s['dice']:.3f} | {s['precision']:.3f} | {s['recall']:.3f} | {s['empty']} |")
 

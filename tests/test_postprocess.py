@@ -110,3 +110,81 @@ def test_sizes_above_the_smallest_training_tumor_are_left_out(monkeypatch):
     masks[3] = False  # without c: target 0's smallest is a's 12, target 1's is a's 30
     assert sizes_within_tumors([13, 12, 31], masks, index) == [12]
     assert sizes_within_tumors([50, 10], np.zeros_like(masks), index) == [10, 50]  # no tumor: every size
+
+
+def peaked_case() -> tuple[np.ndarray, pd.DataFrame]:
+    """Case a, 2 slices given out of order: a confident core (0.9) on slice 0 with a 0.4 rim that runs
+    on into slice 1, and apart from it a 0.45 plateau (uncertain throughout); case b: a 0.35 speck."""
+    probabilities = np.full((3, 1, 6, 6), 0.05, np.float32)
+    index = pd.DataFrame({"case_id": ["a", "b", "a"], "slice_index": [1, 0, 0]})
+    probabilities[2, 0, 1:4, 1:4] = 0.4  # slice 0 of a: the rim...
+    probabilities[2, 0, 2, 2] = 0.9  # ...around the core
+    probabilities[0, 0, 2, 1:4] = 0.4  # slice 1 of a: the rim goes on, touching slice 0's rim
+    probabilities[2, 0, 5, 4:6] = 0.45  # the plateau, not touching the rim
+    probabilities[1, 0, 3, 3] = 0.35  # b
+    return probabilities, index
+
+
+def test_peak_rule_keeps_the_components_that_reach_the_peak_rim_and_all():
+    probabilities, index = peaked_case()
+    out = postprocess.segment(probabilities, index, 0.3, "peak:0.8")
+    expected = np.zeros_like(out)
+    expected[2, 0, 1:4, 1:4] = True  # core and rim, slice 0
+    expected[0, 0, 2, 1:4] = True  # the rim on slice 1: the same 3D component
+    np.testing.assert_array_equal(out, expected)  # the plateau and b's speck never reach 0.8
+    assert postprocess.segment(probabilities, index, 0.3, "peak:0.4").sum() == 9 + 3 + 2  # b's 0.35 goes
+    # a peak at or below the threshold keeps every component: the threshold alone
+    np.testing.assert_array_equal(postprocess.segment(probabilities, index, 0.3, "peak:0.2"), probabilities > 0.3)
+    np.testing.assert_array_equal(postprocess.segment(probabilities, index, 0.3, "none"), probabilities > 0.3)
+
+
+@pytest.mark.parametrize("rule", ["peak:", "peak:x", "peak:1.5", "peak:-0.1"])
+def test_a_malformed_peak_rule_is_an_error(rule):
+    probabilities, index = peaked_case()
+    with pytest.raises(ValueError, match="peak:P"):
+        postprocess.segment(probabilities, index, 0.3, rule)
+
+
+def test_apply_rule_refuses_a_peak_rule_it_cannot_apply_to_masks():
+    masks, index = volume_case()
+    with pytest.raises(ValueError, match="needs the probabilities"):
+        apply_rule(masks, index, "peak:0.8")
+
+
+def test_peak_sweep_counts_as_the_metrics_module_does_on_the_masks():
+    """peak_case_dice counts per component; the reference thresholds full masks and scores them with
+    btseg.scoring (per case, averaged over targets), on random blobs in two targets."""
+    rng = np.random.default_rng(3)
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.random((12, 2, 16, 16)), sigma=(0, 0, 2, 2))
+    probabilities = (noise - noise.min()) / (noise.max() - noise.min())
+    truth = ndimage.gaussian_filter(rng.random((12, 2, 16, 16)), sigma=(0, 0, 2, 2)) > 0.52
+    truth[4:8, 1] = False  # case b has no tumor of target 1: an empty truth scores 1 only when nothing is kept
+    index = pd.DataFrame({"case_id": np.repeat(["a", "b", "c"], 4), "slice_index": np.tile([3, 0, 2, 1], 3)})
+    peaks = [0.3, 0.5, 0.6, 0.7, 0.9]
+    swept = postprocess.peak_case_dice(probabilities, truth, index, 0.4, peaks)
+    reference = [postprocess.mean_case_dice(postprocess.keep_peaked(probabilities, index, 0.4, h), truth, index)
+                 for h in peaks]
+    np.testing.assert_allclose(swept, reference, atol=1e-12)
+    assert len(set(np.round(reference, 6))) > 2  # the peaks keep different components
+
+
+def test_a_peak_rule_replaces_the_plain_choice_only_when_clearly_better():
+    """Case a's tumor is the core and its rim; the plain threshold 0.5 finds the core alone; 0.3
+    with a peak above the plateau's 0.45 finds core and rim and leaves the plateau (a false alarm at
+    0.3) out; so do 0.1 and higher peaks, and the mildest of those is taken."""
+    probabilities, index = peaked_case()
+    truth = postprocess.segment(probabilities, index, 0.3, "peak:0.8")
+    plain_rule, rules = choose_postprocess(probabilities > 0.5, truth, index, [2])
+    threshold, rule, table = postprocess.choose_peak(probabilities, truth, index, 0.5, plain_rule, rules,
+                                                     [0.1, 0.3, 0.5], [0.1, 0.3, 0.5, 0.8])
+    assert (threshold, rule) == (0.3, "peak:0.5")
+    assert list(table.rule[:len(rules)]) == list(rules.rule) and (table.threshold[:len(rules)] == 0.5).all()
+    # a: 1 core voxel of 12 tumor voxels at 0.5 -> 2/13; b has no tumor and nothing above 0.5 -> 1
+    assert table.case_dice[table.rule == "none"].iloc[0] == pytest.approx((2 / 13 + 1) / 2)
+    assert table.case_dice[(table.rule == "peak:0.8") & (table.threshold == 0.3)].iloc[0] == pytest.approx(1.0)
+    # when no peak rule beats the plain choice by more than TIE, the plain choice stays
+    threshold, rule, _ = postprocess.choose_peak(probabilities, probabilities > 0.5, index, 0.5, "none",
+                                                 rules.assign(case_dice=1.0), [0.1, 0.3, 0.5], [0.8])
+    assert (threshold, rule) == (0.5, "none")

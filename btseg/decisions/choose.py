@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from btseg.config import EvaluateParams, TrainParams
-from btseg.decisions.postprocess import choose_postprocess, sizes_within_tumors
+from btseg.decisions.postprocess import choose_peak, choose_postprocess, sizes_within_tumors
 from btseg.decisions.thresholds import case_dice_at, choose_threshold
 from btseg.models.prediction import predict_probabilities
 from btseg.preprocessing.slices import SliceSet
@@ -25,7 +25,8 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings:
     """The decision threshold and the post-processing rule: the threshold from the val split (or
     evaluate.threshold), then, at that threshold, the connected-component rule that raises val Dice
     (or none), remove_small trying `min_sizes` (evaluate.min_component_voxels up to the smallest
-    training tumor: `component_sizes`)."""
+    training tumor: `component_sizes`); then a peak rule with a threshold at or below it where that
+    scores clearly higher (btseg.decisions.postprocess.choose_peak)."""
     threshold = settings.threshold
     if settings.threshold_from == "validation":
         threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
@@ -34,23 +35,37 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings:
                  case_dice_at(sweep, threshold), sweep.case_dice.max())
     rule = "none"
     if settings.postprocess == "validation":
-        rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
-        log.info("post-processing %s chosen on val (mean per-case Dice %.4f, none %.4f)", rule,
-                 rules.case_dice.max(), rules.case_dice.iloc[0])
+        threshold, rule, rules = choose_rules(val_probabilities, val, settings, threshold, min_sizes)
+        chosen = rules.case_dice[(rules.rule == rule) & np.isclose(rules.threshold, threshold)].iloc[0]
+        log.info("post-processing %s at threshold %.2f chosen on val (mean per-case Dice %.4f; none at the "
+                 "threshold above %.4f)", rule, threshold, chosen, rules.case_dice.iloc[0])
     return threshold, rule
 
 
+def choose_rules(val_probabilities: np.ndarray, val: SliceSet, settings: EvaluateParams, threshold: float,
+                 min_sizes: list[int]) -> tuple[float, str, pd.DataFrame]:
+    """The post-processing rule at `threshold` (choose_postprocess), then a peak rule where it beats it
+    (choose_peak: peaks from evaluate.threshold_grid, over the grid's thresholds at or below
+    `threshold`, or `threshold` alone under threshold_from=fixed). Returns the threshold, the rule
+    and every candidate's val Dice (columns threshold, rule, case_dice)."""
+    rule, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
+    grid = list(settings.threshold_grid)
+    lows = [t for t in grid if t <= threshold] if settings.threshold_from == "validation" else [threshold]
+    return choose_peak(val_probabilities, val.masks, val.index, threshold, rule, rules, lows, grid)
+
+
 def validation_sweeps(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
-                      threshold: float, min_sizes: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """What the decisions were chosen from, for the record: mean per-case val Dice per candidate
-    threshold (threshold_from=validation) and per post-processing rule at `threshold`
-    (postprocess=validation); None for a decision that was fixed."""
+                      min_sizes: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """What the decisions were chosen from, for the record, made again as `decide` makes them: mean
+    per-case val Dice per candidate threshold (threshold_from=validation) and per post-processing
+    rule and threshold (postprocess=validation); None for a decision that was fixed."""
     sweep = rules = None
+    threshold = settings.threshold
     if settings.threshold_from == "validation":
-        _, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
-                                    settings.threshold_smoothing)
+        threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
+                                            settings.threshold_smoothing)
     if settings.postprocess == "validation":
-        _, rules = choose_postprocess(val_probabilities > threshold, val.masks, val.index, list(min_sizes))
+        _, _, rules = choose_rules(val_probabilities, val, settings, threshold, min_sizes)
     return sweep, rules
 
 

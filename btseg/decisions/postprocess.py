@@ -5,12 +5,17 @@ patient's volume; a 2D dataset's image is a one-slice volume), 6-connected (face
 corners). Rules:
 - `none`: the masks as thresholded;
 - `keep_largest`: only the largest component of each case and target;
-- `remove_small:N`: components of fewer than N voxels removed.
+- `remove_small:N`: components of fewer than N voxels removed;
+- `peak:P`: only the components holding a voxel of probability above P (hysteresis thresholding:
+  the decision threshold, below P, grows a confident core into its less certain rim; components
+  that are uncertain throughout go). It needs the probabilities: `segment` makes every rule's masks.
 `choose_postprocess` keeps a rule only where it raises the mean per-case validation Dice above
 `none`'s, and among rules that score alike (within TIE, far below what a validation split of a few
 dozen patients can tell apart) takes the mildest: on LGG, keep_largest and remove_small:200 tied on
 validation, and keep_largest then deleted a test patient's whole tumor in favour of a larger false
-alarm. The train stage stores the choice in the model file, so bts-predict applies it too.
+alarm. `choose_peak` then tries peak rules together with lower thresholds and takes one only where
+it beats that choice by more than TIE. The train stage stores the threshold and rule in the model
+file, so bts-predict applies them too.
 `sizes_within_tumors` leaves out of the remove_small grid the sizes above the smallest tumor of the
 training patients: on LGG, remove_small:1000 won on 17 validation patients and then deleted a found
 538-voxel tumor of a test patient, while 4 of 76 training patients have tumors below 1,000 voxels.
@@ -22,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table
+from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table, scores
 
 NONE = "none"
 TIE = 0.001  # mean per-case Dice
@@ -48,19 +53,90 @@ def sizes_within_tumors(min_sizes: list[int], masks: np.ndarray, index: pd.DataF
     return sizes if tumors.size == 0 else [n for n in sizes if n <= int(tumors.min())]
 
 
+def case_volumes(index: pd.DataFrame) -> list[np.ndarray]:
+    """Each case's row positions in slice order (rows grouped by index.case_id, stacked by
+    index.slice_index): indexing an (N, ...) array with one gives that case's volume."""
+    cases = index.reset_index(drop=True)
+    return [rows.sort_values("slice_index", kind="stable").index.to_numpy()
+            for _, rows in cases.groupby("case_id", sort=False)]
+
+
+def segment(probabilities: np.ndarray, index: pd.DataFrame, threshold: float, rule: str) -> np.ndarray:
+    """The predicted masks, boolean (N, K, H, W): `probabilities > threshold`, then `rule`. What the
+    evaluate stage scores and bts-predict writes."""
+    if rule.partition(":")[0] == "peak":  # a peak at or below the threshold keeps every component: the threshold alone
+        return keep_peaked(probabilities, index, threshold, parse_peak(rule))
+    return apply_rule(np.asarray(probabilities) > threshold, index, rule)
+
+
+def parse_peak(rule: str) -> float:
+    """P of the rule `peak:P`, a probability between 0 and 1."""
+    try:
+        peak = float(rule.partition(":")[2])
+    except ValueError:
+        peak = -1.0
+    if not 0 <= peak < 1:
+        raise ValueError(f"post-processing rule {rule!r}: expected peak:P with P a probability in [0, 1)")
+    return peak
+
+
+def components(volume: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The 3D components of `volume > threshold` (labels, 0 = background) and each one's highest
+    probability (float64 (count + 1,), 0 for the background)."""
+    labels, count = ndimage.label(volume > threshold)
+    tops = np.zeros(count + 1)
+    if count:
+        tops[1:] = ndimage.maximum(volume, labels, np.arange(1, count + 1))
+    return labels, tops
+
+
+def keep_peaked(probabilities: np.ndarray, index: pd.DataFrame, threshold: float, peak: float) -> np.ndarray:
+    """The components of `probabilities > threshold` (3D per case and target) that hold a voxel above
+    `peak`, boolean (N, K, H, W)."""
+    probabilities = np.asarray(probabilities)
+    out = np.zeros(probabilities.shape, bool)
+    for order in case_volumes(index):
+        for k in range(probabilities.shape[1]):
+            labels, tops = components(probabilities[order, k], threshold)
+            out[order, k] = (tops > peak)[labels] & (labels > 0)
+    return out
+
+
+def peak_case_dice(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame, threshold: float,
+                   peaks: list[float]) -> np.ndarray:
+    """Mean per-case Dice (averaged over targets) of `keep_peaked` at each of `peaks`, float64 (P,):
+    each case labelled once, its counts taken per peak (no full-size masks: BraTS' val split is large)."""
+    probabilities, peaks = np.asarray(probabilities), np.asarray(peaks, dtype=np.float64)
+    dice = []
+    for order in case_volumes(index):
+        for k in range(probabilities.shape[1]):
+            labels, tops = components(probabilities[order, k], threshold)
+            tumor = np.asarray(truth[order, k]).astype(bool)
+            inside = np.bincount(labels[tumor], minlength=len(tops))[1:]  # tumor voxels per component
+            size = np.bincount(labels.ravel(), minlength=len(tops))[1:]
+            kept = tops[1:][None, :] > peaks[:, None]  # (P, components)
+            tp = (kept * inside).sum(axis=1)
+            fp = (kept * (size - inside)).sum(axis=1)
+            fn = int(tumor.sum()) - tp
+            dice.append((k, scores(np.stack([tp, fp, fn], axis=1))["dice"]))
+    targets = sorted({k for k, _ in dice})
+    return np.mean([np.mean([d for t, d in dice if t == k], axis=0) for k in targets], axis=0)
+
+
 def apply_rule(masks: np.ndarray, index: pd.DataFrame, rule: str) -> np.ndarray:
-    """`masks` (N, K, H, W) boolean or 0/1 after `rule`, case by case (rows grouped by index.case_id,
-    stacked by index.slice_index); returns a new boolean array, the input untouched."""
+    """`masks` (N, K, H, W) boolean or 0/1 after `rule` (one that needs no probabilities), case by
+    case (`case_volumes`); returns a new boolean array, the input untouched."""
     masks = np.asarray(masks).astype(bool)
     if rule == NONE:
         return masks
     kind, _, size = rule.partition(":")
+    if kind == "peak":
+        raise ValueError(f"post-processing rule {rule!r} needs the probabilities: use segment()")
     if kind not in ("keep_largest", "remove_small") or (kind == "remove_small") != size.isdigit():
-        raise ValueError(f"unknown post-processing rule {rule!r}; expected none, keep_largest or remove_small:N")
+        raise ValueError(f"unknown post-processing rule {rule!r}; expected none, keep_largest, remove_small:N "
+                         "or peak:P")
     out = masks.copy()
-    cases = index.reset_index(drop=True)
-    for _, rows in cases.groupby("case_id", sort=False):
-        order = rows.sort_values("slice_index", kind="stable").index.to_numpy()
+    for order in case_volumes(index):
         for k in range(masks.shape[1]):
             volume = masks[order, k]
             labels, count = ndimage.label(volume)
@@ -93,3 +169,32 @@ def choose_postprocess(masks: np.ndarray, truth: np.ndarray, index: pd.DataFrame
     if best <= scores.case_dice.iloc[0] + 1e-12:
         return NONE, scores
     return str(scores.rule[scores.case_dice >= best - TIE].iloc[0]), scores
+
+
+def choose_peak(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataFrame, threshold: float, rule: str,
+                rules: pd.DataFrame, lows: list[float], peaks: list[float]) -> tuple[float, str, pd.DataFrame]:
+    """The threshold and rule for these (validation) probabilities, given `choose_postprocess`'s choice
+    `rule` at `threshold` and its table `rules`: a peak rule (a peak of `peaks` above a threshold of
+    `lows`) replaces them only where it scores more than TIE above their mean per-case Dice; among
+    peak rules that score alike, the mildest: the highest threshold, then the lowest peak. Also the
+    table of every candidate (columns threshold, rule, case_dice), `rules` first, then the peak
+    rules mildest first.
+
+    Hysteresis on LGG: a lower threshold reaches the rims a model is unsure of on unseen patients,
+    and the peak keeps away the uncertain false alarms a lower threshold alone brings in.
+    """
+    table = rules.assign(threshold=threshold)[["threshold", "rule", "case_dice"]]
+    rows = []
+    for low in sorted(lows, reverse=True):
+        above = sorted(h for h in peaks if h > low)
+        if above:
+            rows += [{"threshold": low, "rule": f"peak:{h:g}", "case_dice": d}
+                     for h, d in zip(above, peak_case_dice(probabilities, truth, index, low, above))]
+    table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
+    if not rows:
+        return threshold, rule, table
+    chosen = float(rules.case_dice[rules.rule == rule].iloc[0])
+    best = table.case_dice.iloc[len(rules):].idxmax()
+    if table.case_dice[best] <= chosen + TIE:
+        return threshold, rule, table
+    return float(table.threshold[best]), str(table.rule[best]), table

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from btseg.config import Params
-from btseg.decisions.postprocess import NONE, apply_rule
+from btseg.decisions.postprocess import NONE, segment
 from btseg.errors import PipelineError
 from btseg.fileio import write_json
 from btseg.models import load_model_file, write_ensemble
@@ -66,7 +66,7 @@ def summarize_folds(folds_dir: Path, slices: Path, metrics_file: Path, ensemble_
 
 def score(probabilities: np.ndarray, test: SliceSet, threshold: float, rule: str) -> dict:
     """Per-case Dice (with its interval), per-slice and pooled Dice of thresholded, post-processed predictions."""
-    masks = apply_rule(probabilities > threshold, test.index, rule)
+    masks = segment(probabilities, test.index, threshold, rule)
     _, _, metrics = evaluate_targets(masks, test.masks, test.index, list(test.meta["targets"]))
     per_case = metrics["per_case"]
     return {"dice": per_case["dice"], "dice_ci95_low": per_case["dice_ci95_low"],

@@ -7,7 +7,7 @@ Beside the metrics JSON (headline numbers only), the evaluation folder gets:
 - per_slice.csv, per_case.csv: a row per slice or case and target, every metric (btseg.scoring.metrics);
 - pr_curve.csv: pooled test precision / recall / Dice per threshold and target;
 - threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
-- postprocess_sweep.csv: mean per-case val Dice per post-processing rule (postprocess=validation);
+- postprocess_sweep.csv: mean per-case val Dice per post-processing rule and threshold (postprocess=validation);
 - settings.json: the threshold used and how it was chosen, the targets, the conventions;
 - probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage;
 - metrics_full.json: every metric (per target, size buckets, other tools' conventions, the rules
@@ -24,7 +24,7 @@ import pandas as pd
 
 from btseg.config import Params
 from btseg.decisions.choose import validation_sweeps
-from btseg.decisions.postprocess import apply_rule
+from btseg.decisions.postprocess import segment
 from btseg.decisions.thresholds import case_dice_at, precision_recall_curve
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, write_json
@@ -61,17 +61,17 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
     # the decisions are the model file's (what bts-predict applies); the sweeps they came from are recorded
     threshold, rule = float(contents["threshold"]), str(contents["postprocess"])
     val_probabilities = predict(data["val"].images) if "val" in data else None
-    sweep, rules = validation_sweeps(val_probabilities, data.get("val"), settings, threshold,
+    sweep, rules = validation_sweeps(val_probabilities, data.get("val"), settings,
                                      contents.get("min_component_voxels", list(settings.min_component_voxels)))
     probabilities = predict(test.images)
-    predicted = apply_rule(probabilities > threshold, test.index, rule)
+    predicted = segment(probabilities, test.index, threshold, rule)
     per_slice, per_case, metrics = evaluate_targets(predicted, test.masks, test.index, targets,
                                                     size_buckets=dict(settings.size_buckets))
     pr_curve = pd.concat([precision_recall_curve(probabilities[:, k], test.masks[:, k],
                                                  PR_THRESHOLDS).assign(target=name)
                           for k, name in enumerate(targets)], ignore_index=True)
     chosen = {"threshold": threshold, "threshold_from": settings.threshold_from,
-              "val_case_dice": None if sweep is None else case_dice_at(sweep, threshold),
+              "val_case_dice": decision_val_dice(sweep, rules, threshold, rule),
               "postprocess": rule, "tta": settings.tta, "ran": ran, "trained_on": contents.get("ran", {})}
     conventions = {"aggregation": AGGREGATION, "empty_mask_convention": EMPTY_MASK_CONVENTION,
                    "hd95_convention": HD95_CONVENTION, "hd95_unit": "px"}
@@ -96,6 +96,17 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
              metrics["per_case"]["hd95_px"], metrics["per_slice"]["dice"], metrics["pooled"]["dice"],
              metrics["cases"], metrics["slices"])
     return metrics
+
+
+def decision_val_dice(sweep: pd.DataFrame | None, rules: pd.DataFrame | None, threshold: float,
+                      rule: str) -> float | None:
+    """The mean per-case val Dice of the decision applied: its row of the post-processing sweep, else
+    the threshold's own point of the threshold sweep (no rule chosen on val), else None (fixed)."""
+    if rules is not None:
+        row = rules.case_dice[(rules.rule == rule) & np.isclose(rules.threshold, threshold)]
+        if not row.empty:
+            return float(row.iloc[0])
+    return None if sweep is None or rule != "none" else case_dice_at(sweep, threshold)
 
 
 def check_trained_on(split: SliceSet, contents: dict, model_file: Path, slices: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from btseg.data import nifti
-from btseg.decisions.postprocess import apply_rule
+from btseg.decisions.postprocess import segment
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import fit_title, overlay, overview_figure
 from btseg.fileio import atomic_file
@@ -38,7 +38,7 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
     folder = out / scan.folder
     # (S, K, H, W); the scan is one case, its rows in slice order
     volume = pd.DataFrame({"case_id": scan.name, "slice_index": np.arange(len(probabilities))})
-    masks = apply_rule(probabilities > model.threshold, volume, model.postprocess)
+    masks = segment(probabilities, volume, model.threshold, model.postprocess)
     files: dict[Path, object] = {}
     if scan.kind in ("nifti", "dicom"):
         labels = _label_volume(masks, model.targets)  # (S, H, W) or (S, K, H, W)

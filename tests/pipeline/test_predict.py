@@ -134,7 +134,7 @@ def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(proj
     assert f"test at threshold {other:.2f}" in result.stderr  # evaluate applies the file's decision, not its own
     # the val sweep tries the sizes the model file was chosen among, not the params' grid
     sweep = pd.read_csv(tmp_path / "evaluation" / "postprocess_sweep.csv")
-    assert list(sweep.rule) == ["none", "remove_small:3", "keep_largest"]
+    assert [r for r in sweep.rule if not r.startswith("peak:")] == ["none", "remove_small:3", "keep_largest"]
     # and the per-case scores are those of that threshold and rule: recomputed from the saved probabilities
     from btseg.decisions.postprocess import apply_rule
     from btseg.preprocessing.slices import load_split
@@ -165,8 +165,12 @@ def test_the_model_file_keeps_only_sizes_that_delete_no_training_tumor(project):
     assert contents["min_component_voxels"] == expected
     settings = json.loads((project / "reports/brats2020/unet/evaluation/settings.json").read_text())
     sweep = pd.read_csv(project / "reports/brats2020/unet/evaluation/postprocess_sweep.csv")
-    assert list(sweep.rule) == ["none", *(f"remove_small:{n}" for n in expected), "keep_largest"]
-    assert settings["postprocess"] in set(sweep.rule)
+    plain = sweep[~sweep.rule.str.startswith("peak:")]
+    assert list(plain.rule) == ["none", *(f"remove_small:{n}" for n in expected), "keep_largest"]
+    assert plain.threshold.nunique() == 1  # the component rules at one threshold; peak rules at it or below
+    assert (sweep.threshold[sweep.rule.str.startswith("peak:")] <= plain.threshold.iloc[0] + 1e-9).all()
+    chosen = sweep[(sweep.rule == settings["postprocess"]) & np.isclose(sweep.threshold, settings["threshold"])]
+    assert len(chosen) == 1 and settings["val_case_dice"] == pytest.approx(chosen.case_dice.iloc[0], abs=1e-6)
 
 
 def test_images_get_png_mask_and_overlay_at_their_size(project, tmp_path, realdata_coco):
