@@ -145,6 +145,7 @@ class EvaluateParams(Section):
     threshold_smoothing: bool  # choose on the sweep averaged with each threshold's neighbours
     tta: bool  # flips averaged at validation, evaluation and prediction
     postprocess: Literal["validation", "none"]
+    per_case_threshold: bool  # each case at its own expected-Dice threshold (btseg.decisions.postprocess)
     min_component_voxels: Annotated[list[PositiveInt], Field(min_length=1)]
 
 

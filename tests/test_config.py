@@ -75,8 +75,8 @@ BAD_PARAMS = {
     ),
     "unknown key, no close match": (
         setting("evaluate", "colour", "red"),
-        ["evaluate.colour: unknown key; expected one of: min_component_voxels, postprocess, size_buckets, threshold, "
-         "threshold_from, threshold_grid, threshold_smoothing, tta"],
+        ["evaluate.colour: unknown key; expected one of: min_component_voxels, per_case_threshold, postprocess, "
+         "size_buckets, threshold, threshold_from, threshold_grid, threshold_smoothing, tta"],
     ),
     "threshold_from not a choice": (
         setting("evaluate", "threshold_from", "auto"),

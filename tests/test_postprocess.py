@@ -188,3 +188,75 @@ def test_a_peak_rule_replaces_the_plain_choice_only_when_clearly_better():
     threshold, rule, _ = postprocess.choose_peak(probabilities, probabilities > 0.5, index, 0.5, "none",
                                                  rules.assign(case_dice=1.0), [0.1, 0.3, 0.5], [0.8])
     assert (threshold, rule) == (0.5, "none")
+
+
+def brute_expected_dice_threshold(volume: np.ndarray) -> float:
+    """The expected-Dice threshold by masks, one grid value at a time (the reference)."""
+    volume = np.asarray(volume)
+    best, best_t = -1.0, None
+    for t in postprocess.EXPECTED_DICE_GRID:
+        chosen = volume > float(t)  # compared in the volume's dtype, as the masks are
+        expected = 2 * volume[chosen].astype(np.float64).sum() / (chosen.sum() + volume.astype(np.float64).sum())
+        if expected > best + 1e-12:
+            best, best_t = expected, float(t)
+    return best_t
+
+
+def test_expected_dice_threshold_by_hand():
+    # two sure pixels and four at 0.3 (sum 3.0): all six expect 2*3/(6+3) = 0.667, the sure two
+    # 2*1.8/(2+3) = 0.72 from t = 0.30 on (0.3 itself is not above 0.30), none 0: the lowest best is 0.30
+    assert postprocess.expected_dice_threshold(np.array([0.9, 0.9, 0.3, 0.3, 0.3, 0.3])) == pytest.approx(0.30)
+    # a faint tumor: ten pixels at 0.4 in ninety at 0.05 (sum 8.5): above 0.05 the ten expect
+    # 2*4/(10+8.5) = 0.43; a common threshold of 0.5 would find nothing
+    faint = np.array([0.4] * 10 + [0.05] * 90)
+    assert postprocess.expected_dice_threshold(faint) == pytest.approx(0.05)
+    assert postprocess.expected_dice_threshold(np.zeros(5)) == pytest.approx(0.05)  # nothing expected: nothing found
+
+
+def test_expected_dice_threshold_matches_the_masks_one_threshold_at_a_time():
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        volume = rng.beta(rng.uniform(0.2, 2), rng.uniform(0.5, 5), size=rng.integers(5, 400)).astype(np.float32)
+        assert postprocess.expected_dice_threshold(volume) == pytest.approx(brute_expected_dice_threshold(volume))
+
+
+def test_each_case_gets_its_own_threshold_then_the_rule():
+    probabilities, index = peaked_case()  # a: a 0.9 core in a 0.4 rim and a 0.45 plateau; b: a 0.35 speck
+    masks = postprocess.per_case_masks(probabilities, index)
+    for case in ("a", "b"):
+        rows = np.flatnonzero(index.case_id == case)
+        t = brute_expected_dice_threshold(probabilities[rows, 0])
+        np.testing.assert_array_equal(masks[rows], probabilities[rows] > t)
+    thresholds = postprocess.case_thresholds(probabilities, index).set_index("case_id").threshold
+    for case in ("a", "b"):
+        rows = np.flatnonzero(index.case_id == case)
+        assert thresholds[case] == brute_expected_dice_threshold(probabilities[rows, 0])
+    # b: the 0.35 speck alone (above 0.05: the background of 0.05 is not above it) expects
+    # 2*0.35/(1 + 0.35 + 35*0.05) = 0.226, more than with the background (0.11): its threshold is 0.05
+    assert thresholds["b"] == pytest.approx(0.05)
+    np.testing.assert_array_equal(postprocess.segment(probabilities, index, 0.9, "expected_dice"), masks)
+    np.testing.assert_array_equal(postprocess.segment(probabilities, index, 0.9, "expected_dice+keep_largest"),
+                                  apply_rule(masks, index, "keep_largest"))
+    with pytest.raises(ValueError, match="common threshold"):
+        postprocess.segment(probabilities, index, 0.3, "expected_dice+peak:0.8")
+
+
+def test_per_case_threshold_chooses_the_rule_on_val_under_it():
+    """decide() with evaluate.per_case_threshold: the rule is `expected_dice`, with the component rule
+    that raises val Dice under the per-case masks."""
+    from btseg.config import EvaluateParams
+    from btseg.decisions.choose import decide, validation_sweeps
+    from btseg.preprocessing.slices import SliceSet
+    from tests.conftest import tiny_params
+
+    probabilities, index = peaked_case()
+    truth = postprocess.per_case_masks(probabilities, index).copy()
+    truth[index.case_id.to_numpy() == "b"] = False  # b's speck is a false alarm: remove_small fixes it
+    val = SliceSet(images=np.zeros_like(probabilities), masks=truth.astype(np.uint8), index=index, meta={})
+    settings = EvaluateParams(**{**tiny_params()["evaluate"], "per_case_threshold": True})
+    threshold, rule = decide(probabilities, val, settings, [2])
+    assert rule == "expected_dice+remove_small:2"
+    _, rules = validation_sweeps(probabilities, val, settings, [2])
+    assert list(rules.rule) == ["expected_dice", "expected_dice+remove_small:2", "expected_dice+keep_largest"]
+    assert rules.threshold.isna().all()
+    assert rules.case_dice.iloc[1] == pytest.approx(1.0)

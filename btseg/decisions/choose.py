@@ -12,7 +12,14 @@ import pandas as pd
 import torch
 
 from btseg.config import EvaluateParams, TrainParams
-from btseg.decisions.postprocess import choose_peak, choose_postprocess, sizes_within_tumors
+from btseg.decisions.postprocess import (
+    EXPECTED_DICE,
+    NONE,
+    choose_peak,
+    choose_postprocess,
+    per_case_masks,
+    sizes_within_tumors,
+)
 from btseg.decisions.thresholds import case_dice_at, choose_threshold
 from btseg.models.prediction import predict_probabilities
 from btseg.preprocessing.slices import SliceSet
@@ -34,7 +41,10 @@ def decide(val_probabilities: np.ndarray | None, val: SliceSet | None, settings:
         log.info("threshold %.2f chosen on val (mean per-case Dice %.4f there, best of the grid %.4f)", threshold,
                  case_dice_at(sweep, threshold), sweep.case_dice.max())
     rule = "none"
-    if settings.postprocess == "validation":
+    if settings.per_case_threshold:
+        rule = expected_dice_rule(val_probabilities, val, settings, min_sizes)[0]
+        log.info("each case at its own expected-Dice threshold, post-processing %s", rule)
+    elif settings.postprocess == "validation":
         threshold, rule, rules = choose_rules(val_probabilities, val, settings, threshold, min_sizes)
         chosen = rules.case_dice[(rules.rule == rule) & np.isclose(rules.threshold, threshold)].iloc[0]
         log.info("post-processing %s at threshold %.2f chosen on val (mean per-case Dice %.4f; none at the "
@@ -54,6 +64,20 @@ def choose_rules(val_probabilities: np.ndarray, val: SliceSet, settings: Evaluat
     return choose_peak(val_probabilities, val.masks, val.index, threshold, rule, rules, lows, grid)
 
 
+def expected_dice_rule(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
+                       min_sizes: list[int]) -> tuple[str, pd.DataFrame | None]:
+    """evaluate.per_case_threshold's rule: `expected_dice`, then the component rule chosen on val under
+    it (postprocess=validation; no peak rules: they need a common threshold), and the table of the
+    candidates (None when the rule is not chosen on val)."""
+    if settings.postprocess != "validation":
+        return EXPECTED_DICE, None
+    rule, rules = choose_postprocess(per_case_masks(val_probabilities, val.index), val.masks, val.index,
+                                     list(min_sizes))
+    rules = rules.assign(rule=[EXPECTED_DICE if r == NONE else f"{EXPECTED_DICE}+{r}" for r in rules.rule],
+                         threshold=np.nan)[["threshold", "rule", "case_dice"]]
+    return (EXPECTED_DICE if rule == NONE else f"{EXPECTED_DICE}+{rule}"), rules
+
+
 def validation_sweeps(val_probabilities: np.ndarray | None, val: SliceSet | None, settings: EvaluateParams,
                       min_sizes: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """What the decisions were chosen from, for the record, made again as `decide` makes them: mean
@@ -64,7 +88,9 @@ def validation_sweeps(val_probabilities: np.ndarray | None, val: SliceSet | None
     if settings.threshold_from == "validation":
         threshold, sweep = choose_threshold(val_probabilities, val.masks, val.index, settings.threshold_grid,
                                             settings.threshold_smoothing)
-    if settings.postprocess == "validation":
+    if settings.per_case_threshold:
+        rules = expected_dice_rule(val_probabilities, val, settings, min_sizes)[1]
+    elif settings.postprocess == "validation":
         _, _, rules = choose_rules(val_probabilities, val, settings, threshold, min_sizes)
     return sweep, rules
 

@@ -8,7 +8,10 @@ corners). Rules:
 - `remove_small:N`: components of fewer than N voxels removed;
 - `peak:P`: only the components holding a voxel of probability above P (hysteresis thresholding:
   the decision threshold, below P, grows a confident core into its less certain rim; components
-  that are uncertain throughout go). It needs the probabilities: `segment` makes every rule's masks.
+  that are uncertain throughout go). It needs the probabilities: `segment` makes every rule's masks;
+- `expected_dice`, alone or before another rule (`expected_dice+keep_largest`): no common threshold;
+  each case and target is thresholded where the Dice its own probabilities expect is highest
+  (`expected_dice_threshold`), for `evaluate.per_case_threshold`.
 `choose_postprocess` keeps a rule only where it raises the mean per-case validation Dice above
 `none`'s, and among rules that score alike (within TIE, far below what a validation split of a few
 dozen patients can tell apart) takes the mildest: on LGG, keep_largest and remove_small:200 tied on
@@ -30,6 +33,8 @@ from scipy import ndimage
 from btseg.scoring.metrics import confusion_counts, per_case_table, per_slice_table, scores
 
 NONE = "none"
+EXPECTED_DICE = "expected_dice"
+EXPECTED_DICE_GRID = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95: each case's candidate thresholds
 TIE = 0.001  # mean per-case Dice
 CHUNK = 512  # slices counted at a time
 
@@ -63,7 +68,13 @@ def case_volumes(index: pd.DataFrame) -> list[np.ndarray]:
 
 def segment(probabilities: np.ndarray, index: pd.DataFrame, threshold: float, rule: str) -> np.ndarray:
     """The predicted masks, boolean (N, K, H, W): `probabilities > threshold`, then `rule`. What the
-    evaluate stage scores and bts-predict writes."""
+    evaluate stage scores and bts-predict writes. A rule `expected_dice[+RULE]` thresholds each case
+    at its own threshold instead (`per_case_masks`), then applies RULE."""
+    first, _, rest = rule.partition("+")
+    if first == EXPECTED_DICE:
+        if rest.partition(":")[0] == "peak":
+            raise ValueError(f"post-processing rule {rule!r}: a peak rule needs a common threshold")
+        return apply_rule(per_case_masks(probabilities, index), index, rest or NONE)
     if rule.partition(":")[0] == "peak":  # a peak at or below the threshold keeps every component: the threshold alone
         return keep_peaked(probabilities, index, threshold, parse_peak(rule))
     return apply_rule(np.asarray(probabilities) > threshold, index, rule)
@@ -78,6 +89,46 @@ def parse_peak(rule: str) -> float:
     if not 0 <= peak < 1:
         raise ValueError(f"post-processing rule {rule!r}: expected peak:P with P a probability in [0, 1)")
     return peak
+
+
+def expected_dice_threshold(volume: np.ndarray, grid: np.ndarray = EXPECTED_DICE_GRID) -> float:
+    """The threshold of `grid` at which the Dice that the probabilities `volume` (one case and
+    target) expect of themselves is highest: 2 sum(p > t) / (count(p > t) + sum(p)), each pixel
+    tumor with its own probability (the numerator the expected overlap, the denominator's sum the
+    expected tumor size). Ties: the lowest.
+
+    Label-free, so nothing is fitted to a val split: where a model is unsure of a whole tumor on an
+    unseen patient (probabilities mostly 0.2-0.5), its optimum falls (at about half the Dice it
+    expects), and the tumor is found that a common threshold chosen on other patients misses.
+    """
+    values = np.sort(np.asarray(volume).ravel())  # compared in their own dtype, as `volume > t` compares
+    total = values.sum(dtype=np.float64)
+    if total <= 0:
+        return float(grid[0])
+    suffix = np.concatenate([np.cumsum(values[::-1], dtype=np.float64)[::-1], [0.0]])  # sum of values[i:]
+    first = np.searchsorted(values, np.asarray(grid).astype(values.dtype), side="right")  # first value > t
+    expected = 2 * suffix[first] / (len(values) - first + total)
+    return float(grid[int(np.argmax(expected))])
+
+
+def per_case_masks(probabilities: np.ndarray, index: pd.DataFrame) -> np.ndarray:
+    """Boolean (N, K, H, W): each case (`case_volumes`) and target above its `expected_dice_threshold`."""
+    probabilities = np.asarray(probabilities)
+    out = np.zeros(probabilities.shape, bool)
+    for order in case_volumes(index):
+        for k in range(probabilities.shape[1]):
+            volume = probabilities[order, k]
+            out[order, k] = volume > expected_dice_threshold(volume)
+    return out
+
+
+def case_thresholds(probabilities: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
+    """Each case's `expected_dice_threshold` per target k: columns case_id, target, threshold."""
+    probabilities = np.asarray(probabilities)
+    cases = index.reset_index(drop=True)
+    return pd.DataFrame([{"case_id": cases.case_id[order[0]], "target": k,
+                          "threshold": expected_dice_threshold(probabilities[order, k])}
+                         for order in case_volumes(index) for k in range(probabilities.shape[1])])
 
 
 def components(volume: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

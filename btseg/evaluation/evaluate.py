@@ -9,6 +9,7 @@ Beside the metrics JSON (headline numbers only), the evaluation folder gets:
 - threshold_sweep.csv: mean per-case val Dice per candidate threshold (threshold_from=validation);
 - postprocess_sweep.csv: mean per-case val Dice per post-processing rule and threshold (postprocess=validation);
 - settings.json: the threshold used and how it was chosen, the targets, the conventions;
+- case_thresholds.csv: each test case's own threshold (evaluate.per_case_threshold);
 - probabilities.npy: float16 (N, K, H, W), test-split order, for the report stage;
 - metrics_full.json: every metric (per target, size buckets, other tools' conventions, the rules
   used); the metrics file itself keeps the few numbers people compare (`headline`).
@@ -24,7 +25,7 @@ import pandas as pd
 
 from btseg.config import Params
 from btseg.decisions.choose import validation_sweeps
-from btseg.decisions.postprocess import segment
+from btseg.decisions.postprocess import EXPECTED_DICE, case_thresholds, segment
 from btseg.decisions.thresholds import case_dice_at, precision_recall_curve
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, write_json
@@ -85,6 +86,8 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
             sweep.to_csv(partial / "threshold_sweep.csv", index=False, float_format="%.6f")
         if rules is not None:
             rules.to_csv(partial / "postprocess_sweep.csv", index=False, float_format="%.6f")
+        if rule.partition("+")[0] == EXPECTED_DICE:
+            case_thresholds(probabilities, test.index).to_csv(partial / "case_thresholds.csv", index=False)
         write_json(partial / "settings.json", {**chosen, "targets": targets,
                                                "size_buckets": dict(settings.size_buckets),
                                                "pr_thresholds": PR_THRESHOLDS.tolist(), **conventions})
@@ -102,8 +105,8 @@ def decision_val_dice(sweep: pd.DataFrame | None, rules: pd.DataFrame | None, th
                       rule: str) -> float | None:
     """The mean per-case val Dice of the decision applied: its row of the post-processing sweep, else
     the threshold's own point of the threshold sweep (no rule chosen on val), else None (fixed)."""
-    if rules is not None:
-        row = rules.case_dice[(rules.rule == rule) & np.isclose(rules.threshold, threshold)]
+    if rules is not None:  # expected_dice rows have no common threshold (NaN)
+        row = rules.case_dice[(rules.rule == rule) & (np.isclose(rules.threshold, threshold) | rules.threshold.isna())]
         if not row.empty:
             return float(row.iloc[0])
     return None if sweep is None or rule != "none" else case_dice_at(sweep, threshold)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from btseg.config import Params
+from btseg.decisions.postprocess import EXPECTED_DICE, NONE, segment
 from btseg.errors import PipelineError
 from btseg.evaluation import failures
 from btseg.evaluation.plotting import analysis_figure, gallery_figure
@@ -55,12 +56,15 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
     pr_curve = pr_curve[pr_curve.target == target].reset_index(drop=True)
     if len(per_slice) != len(test.images) or len(probabilities) != len(test.images):
         raise PipelineError(f"{evaluation}: {len(per_slice)} rows for {len(test.images)} test slices; re-run evaluate")
-    threshold = float(settings["threshold"])
+    threshold, rule = float(settings["threshold"]), str(settings.get("postprocess", NONE))
+    predicted = segment(probabilities.astype(np.float32), test.index, threshold, rule)[:, 0]  # what was scored
     channels = test.meta["channels"]
     wanted = params.report.display_channel
     channel = channels.index(wanted) if wanted in channels else 0
     k = params.report.worst_k
-    where = f"{dataset} / {model}, test split, {target} ({channels[channel]}), threshold {threshold:.2f}"
+    decision = ("each case at its own threshold" if rule.partition("+")[0] == EXPECTED_DICE
+                else f"threshold {threshold:.2f}") + ("" if rule == NONE else f", {rule}")
+    where = f"{dataset} / {model}, test split, {target} ({channels[channel]}), {decision}"
 
     worst = failures.worst_cases(per_case, per_slice, k)
     galleries = {
@@ -75,8 +79,7 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
     for name, (chosen, what, empty) in galleries.items():
         rows = chosen.index.to_numpy()
         figure = gallery_figure(test.images[rows, channel].astype(np.float32), test.masks[rows, 0],
-                                probabilities[rows, 0] > threshold, chosen.title.tolist(), f"{what}\n{where}",
-                                f"{empty} at threshold {threshold:.2f}")
+                                predicted[rows], chosen.title.tolist(), f"{what}\n{where}", f"{empty} ({decision})")
         _save(figure, out / f"{name}.png")
     _save(analysis_figure(per_slice, per_case, pr_curve, threshold, where), out / "analysis.png")
 

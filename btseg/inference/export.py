@@ -48,7 +48,8 @@ def export(model_path: Path, out: Path, file_format: str = "pt2") -> dict:
     program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
     meta = {"input": f"float32 (N, {channels}, {size}, {size}), channels {model.channels}",
             "output": f"logits (N, {len(model.targets)}, {size}, {size}), targets {model.targets}; "
-                      f"tumor where sigmoid(logit) > threshold",
+                      f"tumor where sigmoid(logit) > threshold (postprocess expected_dice: each scan at its own "
+                      f"threshold, btseg.decisions.postprocess.expected_dice_threshold)",
             "threshold": model.threshold, "postprocess": model.postprocess, "test_time_flips": model.tta,
             "preprocessing": model.settings.__dict__, "model": model.description}
     try:

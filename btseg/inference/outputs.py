@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from btseg.data import nifti
-from btseg.decisions.postprocess import segment
+from btseg.decisions.postprocess import EXPECTED_DICE, case_thresholds, segment
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import fit_title, overlay, overview_figure
 from btseg.fileio import atomic_file
@@ -70,6 +70,9 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         "model": model.description,
         "outputs": [str(p) for p in files],
     }
+    if model.postprocess.partition("+")[0] == EXPECTED_DICE:  # the scan's own threshold, not model.threshold
+        summary["case_threshold"] = {name: t for name, t in zip(
+            model.targets, case_thresholds(probabilities, volume).threshold, strict=True)}
     if model.trained_on_sample:
         summary["warning"] = SAMPLE_WARNING
     if scan.dicom is not None:

@@ -110,6 +110,35 @@ def test_h5_volume_prediction_agrees_with_the_evaluate_stage(project):
     assert model.threshold == settings["threshold"]  # the model file carries the threshold evaluate used
 
 
+def test_prediction_with_a_per_case_threshold_cuts_each_target_where_its_probabilities_expect_most(project,
+                                                                                                   tmp_path):
+    """A model file with evaluate.per_case_threshold's rule: bts-predict's masks are each target's
+    probabilities above the scan's own threshold, found one grid value at a time here, and the
+    summary says which."""
+    import dataclasses
+
+    from btseg.inference.inputs import read_scan
+    from btseg.inference.model import load_model
+    from btseg.inference.outputs import write_outputs
+    from btseg.models.prediction import predict_probabilities
+    from btseg.preprocessing.image import prepare_image
+    from tests.test_postprocess import brute_expected_dice_threshold
+
+    index = pd.read_csv(project / "data/slices/brats2020/test/index.csv", dtype={"case_id": str})
+    files = sorted((project / "data/raw/brats2020").rglob(f"{index.case_id.iloc[0]}_slice_*.h5"),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    model = dataclasses.replace(load_model(project / "models/brats2020/unet/model.pt"), postprocess="expected_dice")
+    scan = read_scan(files, model)
+    inputs, _, _ = prepare_image(scan.image, model.settings)
+    probabilities = predict_probabilities(model.network, inputs, torch.device("cpu"))
+    summary = write_outputs(scan, probabilities, model, tmp_path)
+    assert set(summary["case_threshold"]) == set(model.targets)
+    for k, name in enumerate(model.targets):
+        t = brute_expected_dice_threshold(probabilities[:, k])
+        assert summary["case_threshold"][name] == pytest.approx(t)
+        assert summary["tumor_pixels"][name] == int((probabilities[:, k] > t).sum())
+
+
 def test_evaluate_scores_with_the_threshold_and_rule_the_model_file_carries(project, tmp_path):
     """bts-predict applies the model file's threshold and post-processing; the metrics must describe
     the same (evaluate used to choose again on the val split, and a near tie could differ)."""
