@@ -118,10 +118,8 @@ def test_prediction_with_a_per_case_threshold_cuts_each_target_where_its_probabi
     import dataclasses
 
     from btseg.inference.inputs import read_scan
-    from btseg.inference.model import load_model
+    from btseg.inference.model import load_model, predict_scan
     from btseg.inference.outputs import write_outputs
-    from btseg.models.prediction import predict_probabilities
-    from btseg.preprocessing.image import prepare_image
     from tests.test_postprocess import brute_expected_dice_threshold
 
     index = pd.read_csv(project / "data/slices/brats2020/test/index.csv", dtype={"case_id": str})
@@ -129,8 +127,7 @@ def test_prediction_with_a_per_case_threshold_cuts_each_target_where_its_probabi
                    key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     model = dataclasses.replace(load_model(project / "models/brats2020/unet/model.pt"), postprocess="expected_dice")
     scan = read_scan(files, model)
-    inputs, _, _ = prepare_image(scan.image, model.settings)
-    probabilities = predict_probabilities(model.network, inputs, torch.device("cpu"))
+    probabilities = predict_scan(scan.image, model, torch.device("cpu"))  # on the scan's own geometry
     summary = write_outputs(scan, probabilities, model, tmp_path)
     assert set(summary["case_threshold"]) == set(model.targets)
     for k, name in enumerate(model.targets):
