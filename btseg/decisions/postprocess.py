@@ -70,8 +70,8 @@ def segment(probabilities: np.ndarray, index: pd.DataFrame, threshold: float, ru
     """The predicted masks, boolean (N, K, H, W): `probabilities > threshold`, then `rule`. What the
     evaluate stage scores and bts-predict writes. A rule `expected_dice[+RULE]` thresholds each case
     at its own threshold instead (`per_case_masks`), then applies RULE."""
-    first, _, rest = rule.partition("+")
-    if first == EXPECTED_DICE:
+    if thresholds_each_case(rule):
+        rest = rule.partition("+")[2]
         if rest.partition(":")[0] == "peak":
             raise ValueError(f"post-processing rule {rule!r}: a peak rule needs a common threshold")
         return apply_rule(per_case_masks(probabilities, index), index, rest or NONE)
@@ -111,14 +111,24 @@ def expected_dice_threshold(volume: np.ndarray, grid: np.ndarray = EXPECTED_DICE
     return float(grid[int(np.argmax(expected))])
 
 
+def thresholds_each_case(rule: str) -> bool:
+    """Whether `rule` thresholds each case at its own threshold (`expected_dice[+RULE]`)."""
+    return rule.partition("+")[0] == EXPECTED_DICE
+
+
+def _case_thresholds(probabilities: np.ndarray, index: pd.DataFrame):
+    """(row positions, target k, its `expected_dice_threshold`) per case (`case_volumes`) and target."""
+    for order in case_volumes(index):
+        for k in range(probabilities.shape[1]):
+            yield order, k, expected_dice_threshold(probabilities[order, k])
+
+
 def per_case_masks(probabilities: np.ndarray, index: pd.DataFrame) -> np.ndarray:
     """Boolean (N, K, H, W): each case (`case_volumes`) and target above its `expected_dice_threshold`."""
     probabilities = np.asarray(probabilities)
     out = np.zeros(probabilities.shape, bool)
-    for order in case_volumes(index):
-        for k in range(probabilities.shape[1]):
-            volume = probabilities[order, k]
-            out[order, k] = volume > expected_dice_threshold(volume)
+    for order, k, threshold in _case_thresholds(probabilities, index):
+        out[order, k] = probabilities[order, k] > threshold
     return out
 
 
@@ -126,9 +136,8 @@ def case_thresholds(probabilities: np.ndarray, index: pd.DataFrame) -> pd.DataFr
     """Each case's `expected_dice_threshold` per target k: columns case_id, target, threshold."""
     probabilities = np.asarray(probabilities)
     cases = index.reset_index(drop=True)
-    return pd.DataFrame([{"case_id": cases.case_id[order[0]], "target": k,
-                          "threshold": expected_dice_threshold(probabilities[order, k])}
-                         for order in case_volumes(index) for k in range(probabilities.shape[1])])
+    return pd.DataFrame([{"case_id": cases.case_id[order[0]], "target": k, "threshold": threshold}
+                         for order, k, threshold in _case_thresholds(probabilities, index)])
 
 
 def components(volume: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -169,9 +178,9 @@ def peak_case_dice(probabilities: np.ndarray, truth: np.ndarray, index: pd.DataF
             tp = (kept * inside).sum(axis=1)
             fp = (kept * (size - inside)).sum(axis=1)
             fn = int(tumor.sum()) - tp
-            dice.append((k, scores(np.stack([tp, fp, fn], axis=1))["dice"]))
-    targets = sorted({k for k, _ in dice})
-    return np.mean([np.mean([d for t, d in dice if t == k], axis=0) for k in targets], axis=0)
+            dice.append(scores(np.stack([tp, fp, fn], axis=1))["dice"])
+    # rows case by case, targets within: the mean over cases per target, then over targets
+    return np.asarray(dice).reshape(-1, probabilities.shape[1], len(peaks)).mean(axis=0).mean(axis=0)
 
 
 def apply_rule(masks: np.ndarray, index: pd.DataFrame, rule: str) -> np.ndarray:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from btseg.config import Params
 from btseg.decisions.choose import validation_sweeps
-from btseg.decisions.postprocess import EXPECTED_DICE, case_thresholds, segment
+from btseg.decisions.postprocess import case_thresholds, segment, thresholds_each_case
 from btseg.decisions.thresholds import case_dice_at, precision_recall_curve
 from btseg.errors import PipelineError
 from btseg.fileio import atomic_dir, write_json
@@ -86,7 +86,7 @@ def evaluate_model(model_file: Path, slices: Path, metrics_file: Path, evaluatio
             sweep.to_csv(partial / "threshold_sweep.csv", index=False, float_format="%.6f")
         if rules is not None:
             rules.to_csv(partial / "postprocess_sweep.csv", index=False, float_format="%.6f")
-        if rule.partition("+")[0] == EXPECTED_DICE:
+        if thresholds_each_case(rule):
             case_thresholds(probabilities, test.index).to_csv(partial / "case_thresholds.csv", index=False)
         write_json(partial / "settings.json", {**chosen, "targets": targets,
                                                "size_buckets": dict(settings.size_buckets),

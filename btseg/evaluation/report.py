@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from btseg.config import Params
-from btseg.decisions.postprocess import EXPECTED_DICE, NONE, segment
+from btseg.decisions.postprocess import NONE, segment, thresholds_each_case
 from btseg.errors import PipelineError
 from btseg.evaluation import failures
 from btseg.evaluation.plotting import analysis_figure, gallery_figure
@@ -62,7 +62,7 @@ def write_report(dataset: str, model: str, evaluation: Path, slices: Path, out: 
     wanted = params.report.display_channel
     channel = channels.index(wanted) if wanted in channels else 0
     k = params.report.worst_k
-    decision = ("each case at its own threshold" if rule.partition("+")[0] == EXPECTED_DICE
+    decision = ("each case at its own threshold" if thresholds_each_case(rule)
                 else f"threshold {threshold:.2f}") + ("" if rule == NONE else f", {rule}")
     where = f"{dataset} / {model}, test split, {target} ({channels[channel]}), {decision}"
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from btseg.data import nifti
-from btseg.decisions.postprocess import EXPECTED_DICE, case_thresholds, segment
+from btseg.decisions.postprocess import case_thresholds, segment, thresholds_each_case
 from btseg.errors import PipelineError, one_line
 from btseg.evaluation.plotting import fit_title, overlay, overview_figure
 from btseg.fileio import atomic_file
@@ -70,7 +70,7 @@ def write_outputs(scan: Scan, probabilities: np.ndarray, model: Model, out: Path
         "model": model.description,
         "outputs": [str(p) for p in files],
     }
-    if model.postprocess.partition("+")[0] == EXPECTED_DICE:  # the scan's own threshold, not model.threshold
+    if thresholds_each_case(model.postprocess):  # the scan's own threshold, not model.threshold
         summary["case_threshold"] = {name: t for name, t in zip(
             model.targets, case_thresholds(probabilities, volume).threshold, strict=True)}
     if model.trained_on_sample:
