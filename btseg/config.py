@@ -87,6 +87,8 @@ class AugmentParams(Section):
     noise: Probability
     noise_std: Probability
     elastic: Probability
+    fill: Probability  # per slice: a random non-empty set of the other input channels becomes a copy of fill_from
+    fill_from: str  # the input channel copied (LGG: flair); datasets without it are not filled
 
 
 class SpeedParams(Section):
@@ -291,6 +293,11 @@ def _check_consistency(params: Params, source: str) -> None:
         if unknown or len(set(chosen)) != len(chosen):
             raise PipelineError(f"{source}: data.{dataset}.input_channels: expected distinct names from "
                                 f"{available}, got {chosen}")
+    augment = params.train.augment
+    inputs = {d: DATASETS[d].input_channels(getattr(params.data, d)) for d in params.data.datasets}
+    if augment.fill > 0 and not any(augment.fill_from in chosen for chosen in inputs.values()):
+        raise PipelineError(f"{source}: train.augment.fill_from: {augment.fill_from!r} is no dataset's input channel "
+                            f"({inputs}); name one, or set train.augment.fill to 0")
     low, high = params.preprocess.percentiles
     if low >= high:
         raise PipelineError(f"{source}: preprocess.percentiles: the low percentile must be below the high one, "

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from btseg.config import parse_params
+from btseg.errors import PipelineError
 from btseg.training.augment import Augmenter
 from btseg.training.device_augment import DeviceAugmenter
 from tests.conftest import default_params
@@ -153,3 +154,81 @@ def test_device_gamma_is_a_power_in_range_and_noise_has_the_asked_spread():
         inner = (x > 0.2) & (x < 0.8)  # far from the clipping bounds
         spread = ((after - before) / span)[inner].std()
         assert abs(spread - 0.2 / 4) < 0.005, spread
+
+
+CHANNELS = ("t1", "flair", "t1ce")  # fill_from flair: the middle one, so its column moves in the choice
+
+
+def replaced_channels(out: np.ndarray, images: np.ndarray, source: int) -> np.ndarray:
+    """Bool (B, C): which channels of each slice now hold the source channel; fails if a channel holds
+    anything but its own values or the source's."""
+    copies = np.array([[np.array_equal(o[c], i[source]) for c in range(i.shape[0])] for o, i in zip(out, images)])
+    kept = np.array([[np.array_equal(o[c], i[c]) for c in range(i.shape[0])] for o, i in zip(out, images)])
+    assert (copies | kept).all()
+    copies[:, source] = False
+    return copies
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fill_copies_the_source_channel_over_a_nonempty_set_of_the_others_each_set_alike(backend):
+    rng = np.random.default_rng(4)
+    images = rng.normal(0, 1, (600, 3, 8, 8)).astype(np.float32)
+    masks = (rng.random((600, 1, 8, 8)) < 0.3).astype(np.float32)
+    params = augment_params(fill=1.0, fill_from="flair")
+    if backend == "cpu":
+        out, out_masks = Augmenter(params, 1, CHANNELS)(images, masks, 0, 0)
+    else:
+        out, out_masks = (t.numpy() for t in DeviceAugmenter(params, 1, CHANNELS)(
+            torch.from_numpy(images), torch.from_numpy(masks), 0, 0))
+    np.testing.assert_array_equal(out_masks, masks)
+    np.testing.assert_array_equal(out[:, 1], images[:, 1])  # the source itself stays
+    chosen = replaced_channels(out, images, source=1)
+    assert chosen.any(axis=1).all()  # fill 1.0: every slice loses at least one sequence
+    sets = {(True, False): 0, (False, True): 0, (True, True): 0}
+    for row in chosen[:, [0, 2]]:
+        sets[tuple(row.tolist())] += 1
+    for count in sets.values():  # three sets, each 1/3: binomial(600, 1/3) sd 0.019
+        assert abs(count / 600 - 1 / 3) < 0.07, sets
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fill_probability_is_per_slice_and_zero_leaves_every_channel(backend):
+    rng = np.random.default_rng(5)
+    images = rng.normal(0, 1, (500, 3, 4, 4)).astype(np.float32)
+    masks = np.zeros((500, 1, 4, 4), np.float32)
+    for probability in (0.3, 0.0):
+        params = augment_params(fill=probability, fill_from="flair")
+        if backend == "cpu":
+            out = Augmenter(params, 2, CHANNELS)(images, masks, 3, 7)[0]
+        else:
+            out = DeviceAugmenter(params, 2, CHANNELS)(torch.from_numpy(images), torch.from_numpy(masks), 3, 7)[0]
+            out = out.numpy()
+        filled = replaced_channels(out, images, source=1).any(axis=1).mean()
+        assert abs(filled - probability) < 0.07, (probability, filled)  # binomial(500, 0.3): sd 0.02
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fill_replaces_the_same_sequences_at_every_2_5d_offset_from_that_offset(backend):
+    """2.5D slices hold offsets -k..k, each with the C channels together (stack_neighbours)."""
+    rng = np.random.default_rng(6)
+    images = rng.normal(0, 1, (64, 2 * 3, 4, 4)).astype(np.float32)
+    masks = np.zeros((64, 1, 4, 4), np.float32)
+    params = augment_params(fill=1.0, fill_from="flair")
+    if backend == "cpu":
+        out = Augmenter(params, 3, CHANNELS)(images, masks, 0, 0)[0]
+    else:
+        out = DeviceAugmenter(params, 3, CHANNELS)(torch.from_numpy(images), torch.from_numpy(masks), 0, 0)[0].numpy()
+    first = replaced_channels(out[:, :3], images[:, :3], source=1)
+    second = replaced_channels(out[:, 3:], images[:, 3:], source=1)
+    np.testing.assert_array_equal(first, second)
+    assert first.any(axis=1).all()
+
+
+def test_fill_is_off_for_a_dataset_without_the_channel_and_a_name_no_dataset_has_is_refused():
+    params = augment_params(fill=1.0, fill_from="flair")
+    assert not Augmenter(params, 0, ("grey",)).active and not DeviceAugmenter(params, 0, ("grey",)).active
+    assert not Augmenter(params, 0, ("flair",)).active  # one channel: nothing to fill
+    assert Augmenter(params, 0, CHANNELS).active and DeviceAugmenter(params, 0, CHANNELS).active
+    with pytest.raises(PipelineError, match="train.augment.fill_from: 'flare' is no dataset's input channel"):
+        augment_params(fill=0.2, fill_from="flare")
+    augment_params(fill=0.0, fill_from="flare")  # off: the name is not looked at

@@ -9,7 +9,8 @@ and elastic transforms manage only ~100-300 slices/s per core on float data).
 - affine (rotate / scale / shift) and elastic: one `grid_sample` for the batch, bilinear for
   images and nearest for masks (masks stay 0/1), zeros outside as in the CPU path;
 - brightness/contrast, gamma, noise: on each slice rescaled to [0, 1] by its min and max,
-  clipped there and mapped back, the way the CPU path treats z-scored intensities.
+  clipped there and mapped back, the way the CPU path treats z-scored intensities;
+- fill: one `where` over the channels, before everything else, as on the CPU.
 
 Random draws come from a generator seeded per (seed, epoch, batch): the same run draws the same
 transforms, whatever the number of loader processes.
@@ -23,15 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from btseg.config import AugmentParams
-from btseg.training.augment import any_active, batch_seed
+from btseg.training.augment import TRANSFORMS, batch_seed, fill_channels, fill_choice, fill_source
 
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0  # pixels, as the CPU path's ElasticTransform
 
 
 class DeviceAugmenter:
-    def __init__(self, params: AugmentParams, seed: int):
+    def __init__(self, params: AugmentParams, seed: int, channels: tuple[str, ...] = ()):
         self.params, self.seed = params, seed
-        self.active = any_active(params)
+        self.source, self.channels = fill_source(params, channels), len(channels)
+        self.fills = self.source is not None and self.channels > 1  # one channel: nothing to fill
+        self.active = self.fills or any(getattr(params, name) > 0 for name in TRANSFORMS if name != "fill")
         self._kernels: dict[torch.device, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -62,6 +65,10 @@ class DeviceAugmenter:
         noisy = chosen(p.noise)
 
         # which steps run depends on the params only, never on the draws: no GPU -> CPU syncs
+        if self.fills:  # drawn last, so turning it on leaves the other transforms' draws as they were
+            filled = chosen(p.fill)
+            subset = torch.randint(1, 2 ** (self.channels - 1), (count,), device=device, generator=generator)
+            images = fill_channels(images, fill_choice(filled, subset, self.source, self.channels), self.source)
         if p.hflip > 0:
             images, masks = _flip(images, hflip, -1), _flip(masks, hflip, -1)
         if p.vflip > 0:

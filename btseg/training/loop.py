@@ -226,13 +226,14 @@ def training_batches(train: SliceSet, config: TrainParams, device: torch.device,
     speed = config.speed
     on_device = augments_on_device(speed.augment_on, device)
     seed = config.seed + 7919 * dist.rank
-    cpu_augmenter = Augmenter(config.augment, seed)
+    channels = tuple(train.meta["channels"])
+    cpu_augmenter = Augmenter(config.augment, seed, channels)
     active = cpu_augmenter.active
     loader, plan = make_loader(train.images, train.masks, batch_size=config.batch_size // dist.world, seed=config.seed,
                                speed=speed, device=device,
                                augmenter=cpu_augmenter if active and not on_device else None,
                                rank=dist.rank, world=dist.world)
-    return loader, plan, DeviceAugmenter(config.augment, seed) if active and on_device else None
+    return loader, plan, DeviceAugmenter(config.augment, seed, channels) if active and on_device else None
 
 
 @dataclass(frozen=True)
