@@ -5,7 +5,7 @@ the repository included), and unpack them there after checking every shard's has
     python benchmarks/gpu_pack.py pack tumor_coco /path/to/export --size 320 --out .gpu-data
     python benchmarks/gpu_pack.py unpack .gpu-data/lgg.manifest.json --shards DIR --out /tmp/archive
 
-LGG: the FLAIR channel and the mask of every slice (what `lgg_cpu` and `lgg_gpu` read, through the
+LGG: the FLAIR channel and the mask of every slice (what `lgg_gpu` reads, through the
 dataset's own reader and its checks), as uint8 arrays, one zlib-compressed .npz per patient, the
 patients dealt in order into shards of at most `--shard-mib`. Unpacking writes them back in the
 archive's layout (`kaggle_3m/<case>/<case>_<k>.tif` and `_mask.tif`), FLAIR in all three TIFF
