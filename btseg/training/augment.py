@@ -28,11 +28,16 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
 
 
 def fill_source(params: AugmentParams, channels: tuple[str, ...]) -> int | None:
-    """Index of train.augment.fill_from among the slices' channel names; None when filling is off or
-    this dataset lacks that channel (params.yaml's check makes sure some dataset has it)."""
-    if params.fill == 0 or params.fill_from not in channels:
+    """Index of train.augment.fill_from among the slices' channel names; None when filling is off, this
+    dataset lacks that channel (params.yaml's check makes sure some dataset has it) or has no other."""
+    if params.fill == 0 or params.fill_from not in channels or len(channels) < 2:
         return None
     return channels.index(params.fill_from)
+
+
+def any_active(params: AugmentParams, source: int | None) -> bool:
+    """Whether an augmenter has anything to do, `source` from fill_source."""
+    return source is not None or any(getattr(params, name) > 0 for name in TRANSFORMS if name != "fill")
 
 
 def fill_choice(filled: np.ndarray | torch.Tensor, subset: np.ndarray | torch.Tensor, source: int,
@@ -65,8 +70,7 @@ class Augmenter:
     def __init__(self, params: AugmentParams, seed: int, channels: tuple[str, ...] = ()):
         self.params, self.seed = params, seed
         self.source, self.channels = fill_source(params, channels), len(channels)
-        self.fills = self.source is not None and self.channels > 1  # one channel: nothing to fill
-        self.active = self.fills or any(getattr(params, name) > 0 for name in TRANSFORMS if name != "fill")
+        self.active = any_active(params, self.source)
         self.intensity_on = any(getattr(params, name) > 0 for name in ("brightness_contrast", "gamma", "noise"))
         self._composes: tuple[A.Compose, A.Compose] | None = None  # built in the process that runs them
 
@@ -100,7 +104,7 @@ class Augmenter:
         seed = batch_seed(self.seed, epoch, batch)
         geometric.set_random_seed(seed)
         intensity.set_random_seed(seed + 1)
-        if self.fills:
+        if self.source is not None:
             draws = np.random.default_rng(seed + 2)
             filled = draws.random(len(images)) < self.params.fill
             subset = draws.integers(1, 2 ** (self.channels - 1), len(images))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from btseg.config import AugmentParams
-from btseg.training.augment import TRANSFORMS, batch_seed, fill_channels, fill_choice, fill_source
+from btseg.training.augment import any_active, batch_seed, fill_channels, fill_choice, fill_source
 
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0  # pixels, as the CPU path's ElasticTransform
 
@@ -33,8 +33,7 @@ class DeviceAugmenter:
     def __init__(self, params: AugmentParams, seed: int, channels: tuple[str, ...] = ()):
         self.params, self.seed = params, seed
         self.source, self.channels = fill_source(params, channels), len(channels)
-        self.fills = self.source is not None and self.channels > 1  # one channel: nothing to fill
-        self.active = self.fills or any(getattr(params, name) > 0 for name in TRANSFORMS if name != "fill")
+        self.active = any_active(params, self.source)
         self._kernels: dict[torch.device, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -65,7 +64,7 @@ class DeviceAugmenter:
         noisy = chosen(p.noise)
 
         # which steps run depends on the params only, never on the draws: no GPU -> CPU syncs
-        if self.fills:  # drawn last, so turning it on leaves the other transforms' draws as they were
+        if self.source is not None:  # drawn last, so turning it on leaves the other transforms' draws as they were
             filled = chosen(p.fill)
             subset = torch.randint(1, 2 ** (self.channels - 1), (count,), device=device, generator=generator)
             images = fill_channels(images, fill_choice(filled, subset, self.source, self.channels), self.source)
